@@ -1,0 +1,47 @@
+"""Engine configuration: one dataclass, validated once, read everywhere."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class EngineConfig:
+    """How the engine sizes its KV pool and batches.
+
+    `num_kv_blocks` wins over the memory settings when given. On CUDA the pool takes
+    `kv_memory_fraction` of the memory left after the weights; on the CPU it takes
+    `cpu_kv_memory_bytes` (the CPU has no separate device memory to measure).
+    """
+
+    block_size: int = 16
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 1024
+    max_model_len: int | None = None
+    num_kv_blocks: int | None = None
+    kv_memory_fraction: float = 0.85
+    cpu_kv_memory_bytes: int = 2 << 30
+    dtype: torch.dtype | None = None
+    device: str = "auto"
+    enable_prefix_caching: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.block_size <= 0 or self.block_size & (self.block_size - 1):
+            raise ValueError(f"block_size must be a power of two, got {self.block_size}")
+        if self.max_num_seqs < 1:
+            raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
+        if self.max_num_batched_tokens < self.block_size:
+            raise ValueError("max_num_batched_tokens must be at least one block")
+        if not 0.0 < self.kv_memory_fraction <= 1.0:
+            raise ValueError(f"kv_memory_fraction must be in (0, 1], got {self.kv_memory_fraction}")
+        if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
+            raise ValueError(f"num_kv_blocks must be >= 1, got {self.num_kv_blocks}")
+        if self.device == "auto":
+            self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.dtype is None:
+            self.dtype = torch.float32 if self.device == "cpu" else torch.bfloat16
+

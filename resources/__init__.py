@@ -1,0 +1,1 @@
+"""Icons, themes and default prompts, shipped as package data."""

@@ -1,0 +1,59 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import pytest
+import torch
+
+PASSAGE = (
+    "The lighthouse keeper climbed the spiral stairs every evening at dusk, carrying a tin of oil "
+    "and a cloth for the great lens. Ships had passed the headland for two hundred years, and the "
+    "light had failed only once, during the storm of 1887, when the keeper's daughter rowed across "
+    "the bay to fetch a spare wick. The village still tells the story at the harvest festival. "
+    "Modern lighthouses run on electricity and are watched from a control room far inland, but the "
+    "old tower remains, its brass fittings polished by volunteers who open it to visitors in summer. "
+    "Inside, a small museum displays logbooks, weather charts, and a photograph of the daughter, "
+    "grey-haired by then, standing beside the lamp she saved. "
+)
+
+QUESTIONS = [
+    "Hi!",
+    "What is the capital of France?",
+    "Explain in two sentences why the sky is blue.",
+    "Write a short poem about autumn leaves.",
+    "List three uses of a paperclip.",
+]
+
+
+def chat_prompts(tokenizer, count: int = 6) -> list[list[int]]:
+    """Chat-formatted prompts from a few tokens to about 600, built from real text."""
+    prompts = [tokenizer.encode("The quick brown fox jumps")]  # raw text, no template
+    for i, q in enumerate(QUESTIONS[: count - 1]):
+        context = PASSAGE * i
+        msg = f"{context}\n\n{q}" if context else q
+        prompts.append(tokenizer.apply_chat_template([{"role": "user", "content": msg}]))
+    return prompts
+
+
+@pytest.fixture(scope="session")
+def bundled_folder():
+    from engine.loader import resolve_model
+    return resolve_model(None)
+
+
+@pytest.fixture(scope="session")
+def hf_model(bundled_folder):
+    from transformers import AutoModelForCausalLM
+    return AutoModelForCausalLM.from_pretrained(str(bundled_folder), dtype=torch.float32).eval()
+
+
+def hf_greedy(model, prompt: list[int], max_new_tokens: int) -> list[int]:
+    """transformers `generate`, greedy, one prompt at a time (no padding), EOS ignored."""
+    from transformers import GenerationConfig
+    cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=[], pad_token_id=0)
+    with torch.inference_mode():
+        out = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                             generation_config=cfg)
+    return out[0, len(prompt):].tolist()

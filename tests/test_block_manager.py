@@ -1,0 +1,698 @@
+"""Block pool and block manager: pure bookkeeping, no model, no tensors.
+
+The stateful test at the bottom simulates the KV cache itself: every slot records the exact token
+prefix whose K/V it would hold, copy-on-write copies slots, and each computed token writes one.
+Then "a block hit by the prefix cache holds the right KV" becomes a plain equality check.
+"""
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+import engine.block_manager as block_manager_module
+import engine.block_pool as block_pool_module
+from engine.block_manager import BlockManager
+from engine.block_pool import BlockPool, FreeBlockQueue, KVCacheBlock, hash_block
+from engine.sampling_params import SamplingParams
+from engine.sequence import Sequence
+
+PARAMS = SamplingParams(max_tokens=1000)
+
+
+def make_seq(seq_id: int, tokens, output=()) -> Sequence:
+    return Sequence(seq_id, f"req-{seq_id}", list(tokens), PARAMS, output_token_ids=list(output))
+
+
+def chain_hashes(tokens, bs: int) -> list[int]:
+    hashes: list[int] = []
+    for i in range(len(tokens) // bs):
+        hashes.append(hash_block(hashes[-1] if hashes else None, tuple(tokens[i * bs:(i + 1) * bs])))
+    return hashes
+
+
+def queue_ids(pool: BlockPool) -> list[int]:
+    return [b.block_id for b in pool.free_queue]
+
+
+def run_to_end(bm: BlockManager, seq: Sequence, hit=None, next_token: int | None = None) -> None:
+    """Admit-or-extend `seq` for all its uncomputed tokens, compute them, commit, like one step."""
+    n = seq.num_tokens - (hit.num_blocks * bm.block_size if hit is not None and hit.blocks else seq.num_computed_tokens)
+    assert bm.allocate(seq, n, hit) is not None
+    seq.num_computed_tokens += n
+    bm.commit(seq)
+    if next_token is not None:
+        seq.append_token(next_token)
+
+
+# --------------------------------------------------------------------------- FreeBlockQueue
+
+
+def test_free_queue_append_popleft_remove_order():
+    blocks = [KVCacheBlock(i) for i in range(6)]
+    q = FreeBlockQueue(blocks)
+    assert [b.block_id for b in q] == [0, 1, 2, 3, 4, 5]
+    assert q.num_free == 6
+
+    q.remove(blocks[2])  # from the middle
+    assert [b.block_id for b in q] == [0, 1, 3, 4, 5]
+    assert q.num_free == 5
+    # O(1) removal is by relinking the neighbours, and the removed block is unlinked
+    assert blocks[1].next_free is blocks[3] and blocks[3].prev_free is blocks[1]
+    assert blocks[2].prev_free is None and blocks[2].next_free is None
+
+    assert q.popleft() is blocks[0]
+    q.append(blocks[2])
+    q.append(blocks[0])
+    assert [b.block_id for b in q] == [1, 3, 4, 5, 2, 0]
+
+    q.remove(blocks[0])  # the tail
+    q.remove(blocks[1])  # the head
+    assert [b.block_id for b in q] == [3, 4, 5, 2]
+    assert q.num_free == 4
+    assert [q.popleft().block_id for _ in range(4)] == [3, 4, 5, 2]
+    assert q.num_free == 0 and list(q) == []
+    with pytest.raises(RuntimeError):
+        q.popleft()
+
+
+def test_free_queue_rejects_removing_a_block_that_is_not_in_it():
+    blocks = [KVCacheBlock(i) for i in range(3)]
+    q = FreeBlockQueue(blocks)
+    q.remove(blocks[1])
+    with pytest.raises(AssertionError):
+        q.remove(blocks[1])
+    with pytest.raises(AssertionError):
+        q.append(blocks[0])  # already queued: appending twice would corrupt the list
+    assert [b.block_id for b in q] == [0, 2] and q.num_free == 2
+
+
+# --------------------------------------------------------------------------- BlockPool
+
+
+def test_pool_reuses_least_recently_freed_first():
+    pool = BlockPool(5)
+    blocks = [pool.allocate() for _ in range(5)]
+    assert [b.block_id for b in blocks] == [0, 1, 2, 3, 4]
+    assert pool.num_free == 0 and all(b.ref_cnt == 1 for b in blocks)
+    for i in (3, 0, 4, 1):
+        pool.release(blocks[i])
+    assert queue_ids(pool) == [3, 0, 4, 1]
+    assert pool.allocate().block_id == 3
+    assert pool.allocate().block_id == 0
+    pool.release(blocks[2])
+    assert [pool.allocate().block_id for _ in range(3)] == [4, 1, 2]
+
+
+def test_pool_release_of_a_free_block_is_a_double_free():
+    pool = BlockPool(2)
+    b = pool.allocate()
+    pool.release(b)
+    with pytest.raises(RuntimeError, match="double free"):
+        pool.release(b)
+    assert pool.num_free == 2 and b.ref_cnt == 0
+
+
+def test_pool_evicts_cached_hash_when_block_is_reallocated():
+    pool = BlockPool(3)
+    a, b, c = (pool.allocate() for _ in range(3))
+    pool.cache(a, 111, None, (1, 2))
+    pool.cache(b, 222, None, (3, 4))
+    for blk in (a, b, c):
+        pool.release(blk)
+    # free blocks keep their cached prefix
+    assert pool.lookup(111, None, (1, 2)) is a and pool.lookup(222, None, (3, 4)) is b
+    assert pool.num_free == 3
+
+    # a hit revives a free cached block: it leaves the free queue and keeps its hash
+    pool.touch(b)
+    assert b.ref_cnt == 1 and queue_ids(pool) == [a.block_id, c.block_id]
+
+    again = pool.allocate()  # least recently freed: a
+    assert again is a
+    assert a.block_hash is None and a.token_ids is None
+    assert 111 not in pool.cached and pool.lookup(111, None, (1, 2)) is None
+    assert pool.cached == {222: b}  # the revived block's prefix survives
+    assert pool.allocate() is c
+    with pytest.raises(RuntimeError):
+        pool.allocate()
+
+
+def test_pool_lookup_checks_tokens_and_first_cached_block_wins():
+    pool = BlockPool(2)
+    a, b = pool.allocate(), pool.allocate()
+    pool.cache(a, 7, None, (1, 2))
+    pool.cache(b, 7, None, (1, 2))  # same content computed twice: the first stays the cached one
+    assert pool.cached == {7: a} and b.block_hash is None
+    assert pool.lookup(7, None, (1, 2)) is a
+    assert pool.lookup(7, None, (1, 3)) is None  # same key, other tokens: a collision, not a hit
+
+
+# --------------------------------------------------------------------------- prefix cache
+
+
+def test_hashes_are_chained_over_full_blocks_only():
+    bs = 4
+    bm = BlockManager(16, bs)
+    tokens = list(range(10))  # two full blocks and a partial one
+    seq = make_seq(0, tokens)
+    hashes = list(bm.block_hashes(seq))
+    assert len(hashes) == 2
+    assert hashes[0] == hash_block(None, (0, 1, 2, 3))
+    assert hashes[1] == hash_block(hashes[0], (4, 5, 6, 7))
+    # the same second block after a different first block has a different key
+    other = make_seq(1, [9, 1, 2, 3, 4, 5, 6, 7, 8])
+    assert bm.block_hashes(other)[1] != hashes[1]
+
+    run_to_end(bm, seq, bm.find_prefix(seq))
+    # the partial third block is computed but never published
+    assert len(bm.pool.cached) == 2
+    assert {b.block_id for b in bm.pool.cached.values()} == set(seq.block_table[:2])
+    assert bm.pool.blocks[seq.block_table[2]].block_hash is None
+
+    # more tokens fill the third block: now it is published, chained to the second
+    seq.output_token_ids.extend([10, 11])
+    run_to_end(bm, seq)
+    h2 = hash_block(hashes[1], (8, 9, 10, 11))
+    assert bm.block_hashes(seq) == hashes + [h2]
+    assert bm.pool.cached[h2].block_id == seq.block_table[2]
+
+
+def test_prefix_hits_stop_at_first_mismatch():
+    bs = 4
+    bm = BlockManager(32, bs)
+    a = make_seq(0, list(range(13)))  # 3 full blocks + 1 token
+    run_to_end(bm, a, bm.find_prefix(a))
+    assert len(bm.pool.cached) == 3
+
+    same = make_seq(1, list(range(13)))
+    hit = bm.find_prefix(same)
+    assert [b.block_id for b in hit.blocks] == a.block_table[:3]
+    assert not hit.next_block_pending
+
+    diverge_second = make_seq(2, [0, 1, 2, 3, 4, 5, 6, 99, 8, 9, 10, 11, 12])
+    assert [b.block_id for b in bm.find_prefix(diverge_second).blocks] == a.block_table[:1]
+
+    diverge_first = make_seq(3, [99] + list(range(1, 13)))  # blocks 2 and 3 equal, prefix not
+    assert bm.find_prefix(diverge_first).blocks == []
+
+    prefix_caching_off = BlockManager(32, bs, enable_prefix_caching=False)
+    b = make_seq(4, list(range(13)))
+    run_to_end(prefix_caching_off, b, prefix_caching_off.find_prefix(b))
+    assert prefix_caching_off.pool.cached == {}
+    assert prefix_caching_off.find_prefix(make_seq(5, list(range(13)))).blocks == []
+
+
+def test_hit_is_confirmed_by_tokens_under_hash_collision(monkeypatch):
+    """With every hash equal, only the token check tells blocks apart."""
+    monkeypatch.setattr(block_pool_module, "hash_block", lambda parent, tokens: 42)
+    monkeypatch.setattr(block_manager_module, "hash_block", lambda parent, tokens: 42)
+    bs = 4
+    bm = BlockManager(8, bs)
+    a = make_seq(0, [1, 2, 3, 4, 5])
+    run_to_end(bm, a, bm.find_prefix(a))
+    assert list(bm.pool.cached) == [42]
+
+    b = make_seq(1, [9, 9, 9, 9, 5])  # same key, different tokens
+    hit = bm.find_prefix(b)
+    assert hit.blocks == []
+    assert bm.allocate(b, b.num_tokens, hit) == []
+    assert b.num_computed_tokens == 0
+    assert a.block_table[0] not in b.block_table
+
+    c = make_seq(2, [1, 2, 3, 4, 7])  # same key, same tokens: a genuine hit
+    assert [blk.block_id for blk in bm.find_prefix(c).blocks] == a.block_table[:1]
+
+
+def test_hit_is_confirmed_by_whole_prefix_under_hash_collision(monkeypatch):
+    monkeypatch.setattr(block_pool_module, "hash_block", lambda parent, tokens: 42)
+    monkeypatch.setattr(block_manager_module, "hash_block", lambda parent, tokens: 42)
+    bs = 4
+    bm = BlockManager(8, bs)
+    a = make_seq(0, [1, 2, 3, 4, 5])
+    run_to_end(bm, a, bm.find_prefix(a))
+
+    # block 1 of `b` has the tokens of `a`'s block 0 but follows [1, 2, 3, 4]: its KV differs
+    b = make_seq(1, [1, 2, 3, 4, 1, 2, 3, 4, 5])
+    hit = bm.find_prefix(b)
+    assert [blk.block_id for blk in hit.blocks] == a.block_table[:1]
+
+
+def test_full_prompt_hit_leaves_last_block_to_compute():
+    bs = 4
+    bm = BlockManager(8, bs)
+    a = make_seq(0, list(range(8)))  # exactly two blocks
+    hit = bm.find_prefix(a)
+    assert hit.blocks == []
+    run_to_end(bm, a, hit)
+    a_table = list(a.block_table)
+    h0, h1 = chain_hashes(range(8), bs)
+    assert {h: b.block_id for h, b in bm.pool.cached.items()} == {h0: a_table[0], h1: a_table[1]}
+
+    b = make_seq(1, list(range(8)))
+    hit = bm.find_prefix(b)
+    assert [blk.block_id for blk in hit.blocks] == a_table[:1]  # not both: the last token needs logits
+    free_before = bm.num_free_blocks
+    assert bm.allocate(b, b.num_tokens - bs, hit) == []
+    assert b.num_computed_tokens == 4
+    assert b.block_table[0] == a_table[0] and b.block_table[1] != a_table[1]
+    assert bm.num_free_blocks == free_before - 1  # the hit block was in use: only one fresh block
+    assert bm.pool.blocks[a_table[0]].ref_cnt == 2
+
+    # one token past the boundary: both full blocks can be hit
+    c = make_seq(2, list(range(8)) + [100])
+    assert [blk.block_id for blk in bm.find_prefix(c).blocks] == a_table
+
+
+def test_finished_sequence_tail_is_evicted_before_its_prefix():
+    bs = 4
+    bm = BlockManager(4, bs)
+    a = make_seq(0, list(range(14)))  # blocks: 3 full + 1 partial
+    run_to_end(bm, a, bm.find_prefix(a))
+    table = list(a.block_table)
+    assert len(table) == 4 and bm.num_free_blocks == 0
+    bm.free(a)
+    assert queue_ids(bm.pool) == table[::-1]  # tail first into the queue, so evicted first
+
+    # each new single-block request evicts from the tail of `a`
+    x = make_seq(1, [100, 101])
+    run_to_end(bm, x, bm.find_prefix(x))
+    assert x.block_table == [table[3]]
+    y = make_seq(2, [200, 201])
+    run_to_end(bm, y, bm.find_prefix(y))
+    assert y.block_table == [table[2]]
+    # the prefix of `a` is still there
+    again = make_seq(3, list(range(14)))
+    assert [b.block_id for b in bm.find_prefix(again).blocks] == table[:2]
+
+
+# --------------------------------------------------------------------------- copy-on-write
+
+
+def _forked_pair(bm: BlockManager, prompt):
+    parent = make_seq(0, prompt)
+    run_to_end(bm, parent, bm.find_prefix(parent))
+    child = make_seq(1, prompt)
+    bm.fork(parent, child)
+    parent.append_token(500)  # as the engine does: fork, then each sample gets its own token
+    child.append_token(600)
+    return parent, child
+
+
+def test_copy_on_write_of_shared_partial_last_block():
+    bs = 4
+    bm = BlockManager(8, bs)
+    parent, child = _forked_pair(bm, [1, 2, 3, 4, 5, 6])  # last block holds 2 of 4 tokens
+    p0, p1 = parent.block_table
+    assert child.block_table == [p0, p1]
+    assert child.num_computed_tokens == parent.num_computed_tokens == 6
+    refs = bm.pool.blocks
+    assert refs[p0].ref_cnt == 2 and refs[p1].ref_cnt == 2
+    free_before = bm.num_free_blocks
+
+    copies = bm.allocate(child, 1)
+    assert copies is not None and len(copies) == 1
+    src, dst = copies[0]
+    assert src == p1 and dst not in (p0, p1)
+    assert child.block_table == [p0, dst]  # only the written index changed
+    assert parent.block_table == [p0, p1]
+    assert refs[p0].ref_cnt == 2 and refs[p1].ref_cnt == 1 and refs[dst].ref_cnt == 1
+    assert bm.num_free_blocks == free_before - 1
+
+    assert bm.allocate(parent, 1) == []  # the parent owns p1 alone now: no copy
+    assert parent.block_table == [p0, p1]
+    assert bm.num_free_blocks == free_before - 1
+
+    bm.free(child)
+    bm.free(parent)
+    assert bm.num_free_blocks == 8 and all(b.ref_cnt == 0 for b in refs)
+
+
+def test_copy_on_write_when_parent_writes_first_and_with_two_children():
+    bs = 4
+    bm = BlockManager(8, bs)
+    parent, child = _forked_pair(bm, [1, 2, 3, 4, 5])
+    child2 = make_seq(2, [1, 2, 3, 4, 5], output=[700])
+    bm.fork(child, child2)  # all three share both blocks
+    p0, p1 = child2.block_table
+    assert bm.pool.blocks[p1].ref_cnt == 3 and bm.pool.blocks[p0].ref_cnt == 3
+
+    (src, dst), = bm.allocate(parent, 1)
+    assert src == p1 and parent.block_table == [p0, dst]
+    (src2, dst2), = bm.allocate(child2, 1)
+    assert src2 == p1 and dst2 != dst and child2.block_table == [p0, dst2]
+    assert bm.allocate(child, 1) == []  # the last holder writes in place
+    assert child.block_table == [p0, p1]
+    assert [bm.pool.blocks[i].ref_cnt for i in (p0, p1, dst, dst2)] == [3, 1, 1, 1]
+
+
+def test_fork_at_block_boundary_needs_no_copy():
+    bs = 4
+    bm = BlockManager(8, bs)
+    parent, child = _forked_pair(bm, [1, 2, 3, 4, 5, 6, 7, 8])  # both blocks full
+    shared = list(parent.block_table)
+    assert bm.allocate(child, 1) == []
+    assert child.block_table[:2] == shared and len(child.block_table) == 3
+    assert bm.allocate(parent, 1) == []
+    assert parent.block_table[:2] == shared and parent.block_table[2] != child.block_table[2]
+    assert all(bm.pool.blocks[i].ref_cnt == 2 for i in shared)
+
+
+# --------------------------------------------------------------------------- allocation failure
+
+
+def _snapshot(bm: BlockManager, *seqs: Sequence):
+    return (
+        bm.num_free_blocks,
+        queue_ids(bm.pool),
+        [b.ref_cnt for b in bm.pool.blocks],
+        {h: b.block_id for h, b in bm.pool.cached.items()},
+        [(list(s.block_table), s.num_computed_tokens) for s in seqs],
+    )
+
+
+def test_allocate_too_big_returns_none_and_changes_nothing():
+    bs = 4
+    bm = BlockManager(3, bs)
+    big = make_seq(0, list(range(13)))  # needs 4 blocks
+    hit = bm.find_prefix(big)
+    before = _snapshot(bm, big)
+    assert bm.allocate(big, big.num_tokens, hit) is None
+    assert _snapshot(bm, big) == before
+    assert bm.num_free_blocks == 3
+
+
+def test_allocate_with_prefix_hit_too_big_changes_nothing():
+    bs = 4
+    bm = BlockManager(3, bs)
+    a = make_seq(0, list(range(9)))  # 3 blocks, 2 of them cached
+    run_to_end(bm, a, bm.find_prefix(a))
+    bm.free(a)
+    b = make_seq(1, list(range(16)))  # hits 2 (free, cached) blocks, needs 2 more: 4 > 3
+    hit = bm.find_prefix(b)
+    assert hit.num_blocks == 2
+    before = _snapshot(bm, b)
+    assert bm.allocate(b, b.num_tokens - 2 * bs, hit) is None
+    assert _snapshot(bm, b) == before
+    assert all(blk.ref_cnt == 0 for blk in hit.blocks)  # the hit blocks were not revived
+    # and the same hit still works once the request fits
+    c = make_seq(2, list(range(12)))
+    hit_c = bm.find_prefix(c)
+    assert hit_c.num_blocks == 2
+    assert bm.allocate(c, 4, hit_c) == []
+    assert c.block_table[:2] == [blk.block_id for blk in hit.blocks]
+
+
+def test_allocate_needing_copy_on_write_without_room_changes_nothing():
+    bs = 4
+    bm = BlockManager(2, bs)
+    parent, child = _forked_pair(bm, [1, 2, 3, 4, 5])
+    assert bm.num_free_blocks == 0
+    before = _snapshot(bm, parent, child)
+    assert bm.allocate(child, 1) is None
+    assert _snapshot(bm, parent, child) == before
+
+
+# --------------------------------------------------------------------------- stateful
+
+
+BS = 4
+NUM_BLOCKS = 16
+MAX_LEN = 28  # a sequence reaching this many tokens finishes (the engine's max_model_len)
+ALPHABET = st.integers(0, 1)
+
+
+class BlockManagerMachine(RuleBasedStateMachine):
+    """Drives BlockManager as the scheduler and runner would, tracking what every KV slot holds.
+
+    A slot's content is the token prefix its K/V depends on: `tuple(tokens[:position + 1])`.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bm = BlockManager(NUM_BLOCKS, BS)
+        self.pool = self.bm.pool
+        self.live: dict[int, Sequence] = {}
+        self.uncomputed: dict[int, int] = {}  # seq_id -> tokens allocated, not computed yet
+        self.waiting: list[Sequence] = []  # preempted, to be admitted again
+        self.content: list[list[tuple | None]] = [[None] * BS for _ in range(NUM_BLOCKS)]
+        self.prefix_of_hash: dict[int, tuple[int, ...]] = {}
+        self.next_id = 0
+        self.fresh = 1000
+        self.rng = random.Random(0)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _new_seq(self, tokens) -> Sequence:
+        seq = make_seq(self.next_id, tokens)
+        self.next_id += 1
+        return seq
+
+    def _pick(self, seqs, idx):
+        seqs = sorted(seqs, key=lambda s: s.seq_id)
+        return seqs[idx % len(seqs)]
+
+    def _record(self, seq: Sequence) -> None:
+        tokens = tuple(seq.token_ids)
+        for i, h in enumerate(chain_hashes(tokens, BS)):
+            prefix = tokens[:(i + 1) * BS]
+            known = self.prefix_of_hash.setdefault(h, prefix)
+            assert known == prefix, "real hash collision in the test data"
+
+    def _admit(self, seq: Sequence, chunk: int) -> bool:
+        hit = self.bm.find_prefix(seq)
+        tokens = seq.token_ids
+        k = hit.num_blocks
+        assert k * BS < seq.num_tokens, "a hit must leave at least the last token to compute"
+        hashes = chain_hashes(tokens, BS)
+        for i, blk in enumerate(hit.blocks):
+            assert blk.block_hash == hashes[i]
+            assert blk.token_ids == tuple(tokens[i * BS:(i + 1) * BS])
+        n = min(chunk, seq.num_tokens - k * BS)
+        before = _snapshot(self.bm, seq)
+        copies = self.bm.allocate(seq, n, hit)
+        if copies is None:
+            assert _snapshot(self.bm, seq) == before
+            assert sum(1 for b in hit.blocks if b.ref_cnt == 0) + -(-(k * BS + n) // BS) - k > before[0]
+            return False
+        assert copies == []
+        assert seq.num_computed_tokens == k * BS
+        assert seq.block_table[:k] == [b.block_id for b in hit.blocks]
+        assert len(seq.block_table) == -(-(k * BS + n) // BS)
+        self.live[seq.seq_id] = seq
+        self.uncomputed[seq.seq_id] = n
+        return True
+
+    def _compute(self, seq: Sequence) -> None:
+        n = self.uncomputed[seq.seq_id]
+        tokens = seq.token_ids
+        for p in range(seq.num_computed_tokens, seq.num_computed_tokens + n):
+            block = self.pool.blocks[seq.block_table[p // BS]]
+            assert block.ref_cnt == 1, f"writing into block {block.block_id} shared {block.ref_cnt} ways"
+            assert block.block_hash is None, f"writing into cached block {block.block_id}"
+            self.content[block.block_id][p % BS] = tuple(tokens[:p + 1])
+        seq.num_computed_tokens += n
+        self.uncomputed[seq.seq_id] = 0
+        self.bm.commit(seq)
+        self._record(seq)
+        if seq.num_computed_tokens == seq.num_tokens:
+            seq.append_token(self.rng.randint(0, 1))
+            if seq.num_tokens >= MAX_LEN:
+                self._free(seq)
+
+    def _free(self, seq: Sequence) -> None:
+        table = list(seq.block_table)
+        refs = {i: self.pool.blocks[i].ref_cnt for i in table}
+        self.bm.free(seq)
+        assert seq.block_table == []
+        for i in table:
+            assert self.pool.blocks[i].ref_cnt == refs[i] - 1
+        zeroed = [i for i in reversed(table) if refs[i] == 1]
+        q = queue_ids(self.pool)
+        assert q[len(q) - len(zeroed):] == zeroed, "freed blocks must join the queue tail first"
+        del self.live[seq.seq_id]
+        del self.uncomputed[seq.seq_id]
+
+    # ------------------------------------------------------------------ rules
+
+    @rule(tokens=st.lists(ALPHABET, min_size=1, max_size=18), chunk=st.integers(1, 20))
+    def add_sequence(self, tokens, chunk):
+        self._admit(self._new_seq(tokens), chunk)
+
+    @precondition(lambda self: self.live)
+    @rule(idx=st.integers(0, 100), blocks=st.integers(1, 6), suffix=st.lists(ALPHABET, max_size=6),
+          chunk=st.integers(1, 20))
+    def add_sharing_sequence(self, idx, blocks, suffix, chunk):
+        """A request that starts with another's first blocks (a shared system prompt or document);
+        an empty suffix makes a prompt of whole, possibly all cached, blocks."""
+        src = self._pick(self.live.values(), idx)
+        tokens = (src.token_ids[:blocks * BS] + suffix)[:MAX_LEN - 2] or suffix or [0]
+        self._admit(self._new_seq(tokens), chunk)
+
+    @precondition(lambda self: self.waiting)
+    @rule(idx=st.integers(0, 100), chunk=st.integers(1, 30))
+    def readmit_preempted(self, idx, chunk):
+        seq = self._pick(self.waiting, idx)
+        if self._admit(seq, chunk):
+            self.waiting.remove(seq)
+
+    @precondition(lambda self: any(n == 0 for n in self.uncomputed.values()))
+    @rule(idx=st.integers(0, 100), chunk=st.integers(1, 12))
+    def allocate_more(self, idx, chunk):
+        seq = self._pick([self.live[i] for i, n in self.uncomputed.items() if n == 0], idx)
+        n = min(chunk, seq.num_tokens - seq.num_computed_tokens)
+        before = _snapshot(self.bm, seq)
+        write_idx = seq.num_computed_tokens // BS
+        copies = self.bm.allocate(seq, n)
+        if copies is None:
+            assert _snapshot(self.bm, seq) == before
+            return
+        assert len(copies) <= 1
+        old_table = before[4][0][0]
+        for src, dst in copies:
+            assert old_table[write_idx] == src and seq.block_table[write_idx] == dst
+            assert self.pool.blocks[src].ref_cnt >= 1 and self.pool.blocks[dst].ref_cnt == 1
+            self.content[dst] = list(self.content[src])
+        expected = list(old_table)
+        if copies:
+            expected[write_idx] = copies[0][1]
+        assert seq.block_table[:len(old_table)] == expected
+        assert len(seq.block_table) == max(len(old_table), -(-(seq.num_computed_tokens + n) // BS))
+        self.uncomputed[seq.seq_id] = n
+
+    @precondition(lambda self: any(n > 0 for n in self.uncomputed.values()))
+    @rule(idx=st.integers(0, 100))
+    def compute(self, idx):
+        self._compute(self._pick([self.live[i] for i, n in self.uncomputed.items() if n > 0], idx))
+
+    @precondition(lambda self: any(n == 0 and self.live[i].num_tokens - self.live[i].num_computed_tokens == 1
+                                   for i, n in self.uncomputed.items()))
+    @rule(idx=st.integers(0, 100), token=ALPHABET)
+    def fork(self, idx, token):
+        parent = self._pick([self.live[i] for i, n in self.uncomputed.items()
+                             if n == 0 and self.live[i].num_tokens - self.live[i].num_computed_tokens == 1], idx)
+        child = make_seq(self.next_id, parent.prompt_token_ids, parent.output_token_ids[:-1] + [token])
+        self.next_id += 1
+        refs = [self.pool.blocks[i].ref_cnt for i in parent.block_table]
+        self.bm.fork(parent, child)
+        assert child.block_table == parent.block_table
+        assert child.num_computed_tokens == parent.num_computed_tokens
+        assert [self.pool.blocks[i].ref_cnt for i in parent.block_table] == [r + 1 for r in refs]
+        self.live[child.seq_id] = child
+        self.uncomputed[child.seq_id] = 0
+
+    @precondition(lambda self: self.live)
+    @rule(idx=st.integers(0, 100))
+    def free(self, idx):
+        self._free(self._pick(self.live.values(), idx))
+
+    @precondition(lambda self: any(n == 0 for n in self.uncomputed.values()))
+    @rule(idx=st.integers(0, 100))
+    def preempt(self, idx):
+        seq = self._pick([self.live[i] for i, n in self.uncomputed.items() if n == 0], idx)
+        self._free(seq)
+        seq.num_computed_tokens = 0
+        self.waiting.append(seq)
+
+    @rule()
+    def flood_until_eviction(self):
+        """Fresh requests with unseen tokens take blocks from the LRU head until a cached prefix
+        is evicted (or the pool is full)."""
+        for _ in range(NUM_BLOCKS):
+            tokens = list(range(self.fresh, self.fresh + 2 * BS + 1))
+            self.fresh += 2 * BS + 1
+            seq = self._new_seq(tokens)
+            hit = self.bm.find_prefix(seq)
+            assert hit.blocks == []
+            cached_before = dict(self.pool.cached)
+            lru = queue_ids(self.pool)[:3]
+            if not self._admit(seq, seq.num_tokens):
+                assert self.bm.num_free_blocks < 3
+                return
+            assert seq.block_table == lru, "fresh blocks must come least recently freed first"
+            evicted = {h: b for h, b in cached_before.items() if h not in self.pool.cached}
+            for h, b in evicted.items():
+                assert b.block_id in seq.block_table and b.block_hash is None
+            for i in seq.block_table:  # every block it took lost its old prefix
+                assert self.pool.blocks[i].block_hash is None
+            assert len(cached_before) - len(evicted) == len(self.pool.cached)
+            self._compute(seq)
+            if evicted:
+                return
+
+    # ------------------------------------------------------------------ invariants
+
+    @invariant()
+    def ref_counts_match_block_tables(self):
+        holders = [0] * NUM_BLOCKS
+        for seq in self.live.values():
+            assert len(set(seq.block_table)) == len(seq.block_table), "a block twice in one table"
+            for i in seq.block_table:
+                holders[i] += 1
+        for seq in self.waiting:
+            assert seq.block_table == []
+        refs = [b.ref_cnt for b in self.pool.blocks]
+        assert all(r >= 0 for r in refs)
+        assert sum(refs) == sum(len(s.block_table) for s in self.live.values()), "leaked block reference"
+        assert refs == holders
+
+    @invariant()
+    def free_queue_is_exactly_the_unreferenced_blocks(self):
+        q = queue_ids(self.pool)
+        assert len(q) == len(set(q)), "a block is in the free queue twice"
+        assert len(q) == self.pool.num_free == self.bm.num_free_blocks
+        assert set(q) == {b.block_id for b in self.pool.blocks if b.ref_cnt == 0}
+        # the backward links agree with the forward ones
+        back, node = [], self.pool.free_queue._tail.prev_free
+        while node is not self.pool.free_queue._head:
+            back.append(node.block_id)
+            node = node.prev_free
+        assert back[::-1] == q
+
+    @invariant()
+    def cached_blocks_hold_their_prefix(self):
+        for seq in self.live.values():
+            self._record(seq)
+        for h, block in self.pool.cached.items():
+            assert block.block_hash == h
+            assert h in self.prefix_of_hash, "cached hash made from tokens no sequence had"
+            prefix = self.prefix_of_hash[h]
+            assert chain_hashes(prefix, BS)[-1] == h
+            assert block.token_ids == prefix[-BS:]
+            start = len(prefix) - BS
+            assert self.content[block.block_id] == [prefix[:start + i + 1] for i in range(BS)], \
+                f"block {block.block_id} cached under a prefix its KV does not hold"
+        for block in self.pool.blocks:
+            if block.block_hash is not None:
+                assert self.pool.cached.get(block.block_hash) is block
+
+    @invariant()
+    def computed_tokens_are_in_the_cache(self):
+        for seq in self.live.values():
+            tokens = seq.token_ids
+            c, n = seq.num_computed_tokens, self.uncomputed[seq.seq_id]
+            assert len(seq.block_table) >= -(-(c + n) // BS)
+            for p in range(c):
+                assert self.content[seq.block_table[p // BS]][p % BS] == tuple(tokens[:p + 1]), \
+                    f"seq {seq.seq_id} position {p} reads KV of another prefix"
+
+    def teardown(self):
+        for seq in list(self.live.values()):
+            self._free(seq)
+        for seq in self.waiting:
+            self.bm.free(seq)
+        assert self.bm.num_free_blocks == NUM_BLOCKS
+        assert all(b.ref_cnt == 0 for b in self.pool.blocks)
+        assert sorted(queue_ids(self.pool)) == list(range(NUM_BLOCKS))
+        # a pending mark that outlives its sequence would defer matching requests forever
+        assert not self.bm._pending
+
+
+BlockManagerMachine.TestCase.settings = settings(
+    max_examples=200, stateful_step_count=50, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+TestBlockManagerStateful = BlockManagerMachine.TestCase

@@ -1,0 +1,161 @@
+"""Bad input gets a clear error and allocates nothing; cancelled and finished requests free everything."""
+import json
+import threading
+
+import pytest
+
+from engine import LLM, EngineThread, ModelLoadError, SamplingParams
+from engine.loader import resolve_model
+
+
+@pytest.fixture(scope="module")
+def llm():
+    return LLM(num_kv_blocks=64)  # 1024 tokens of context
+
+
+def test_prompt_longer_than_context_names_both_lengths(llm):
+    before = llm.stats()
+    with pytest.raises(ValueError, match=r"2000 tokens long but the context holds 1024"):
+        llm.generate([list(range(100, 2100))], SamplingParams(max_tokens=4))
+    after = llm.stats()
+    assert after["blocks_used"] == before["blocks_used"] == 0
+    assert not llm.engine.has_unfinished_requests()
+
+
+def test_one_bad_prompt_queues_none_of_the_batch(llm):
+    with pytest.raises(ValueError, match="empty"):
+        llm.generate(["fine", []], SamplingParams(max_tokens=4))
+    assert not llm.engine.has_unfinished_requests()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"max_tokens": 0}, "max_tokens"),
+    ({"temperature": -1}, "temperature"),
+    ({"top_p": 0}, "top_p"),
+    ({"top_k": -3}, "top_k"),
+    ({"min_p": 1.5}, "min_p"),
+    ({"repetition_penalty": 0}, "repetition_penalty"),
+    ({"n": 0}, "n must"),
+    ({"stop": [""]}, "stop"),
+])
+def test_invalid_sampling_params(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SamplingParams(**kwargs)
+
+
+def test_out_of_vocabulary_token_ids(llm):
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        llm.generate([[1, 2, 10**7]], SamplingParams(max_tokens=2))
+
+
+def test_missing_model_path(tmp_path):
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        LLM(tmp_path / "nope")
+
+
+def test_corrupt_gguf(tmp_path, monkeypatch):
+    monkeypatch.setenv("FOLIO_CACHE_DIR", str(tmp_path / "cache"))
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF" + b"\x00\xff" * 500)
+    with pytest.raises(ModelLoadError, match="not a readable GGUF"):
+        LLM(bad)
+    assert not list((tmp_path / "cache" / "models").glob("broken*"))  # no half-converted folder left
+
+
+def test_corrupt_safetensors(tmp_path, bundled_folder):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        (folder / name).write_bytes((bundled_folder / name).read_bytes())
+    (folder / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
+    with pytest.raises(ModelLoadError, match="cannot read weights"):
+        LLM(folder)
+
+
+def test_folder_without_config_or_with_pickles(tmp_path):
+    with pytest.raises(ModelLoadError, match="no config.json"):
+        resolve_model(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (tmp_path / "pytorch_model.bin").write_bytes(b"pickle")
+    with pytest.raises(ModelLoadError, match="pickled"):
+        resolve_model(tmp_path)
+
+
+def test_unsupported_architecture(tmp_path, bundled_folder):
+    cfg = json.loads((bundled_folder / "config.json").read_text())
+    cfg["model_type"] = "gpt2"
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    (tmp_path / "model.safetensors").write_bytes((bundled_folder / "model.safetensors").read_bytes()[:64])
+    with pytest.raises(ValueError, match="unsupported model type 'gpt2'"):
+        LLM(tmp_path)
+
+
+def test_second_load_reuses_the_converted_cache(bundled_folder, monkeypatch):
+    import engine.loader as loader
+
+    def fail(*_):
+        raise AssertionError("converted again")
+    monkeypatch.setattr(loader, "_convert_gguf", fail)
+    assert loader.resolve_model(None) == bundled_folder
+
+
+@pytest.fixture(scope="module")
+def engine_thread():
+    et = EngineThread(num_kv_blocks=128)
+    et.wait_ready(120)
+    yield et
+    et.shutdown()
+
+
+def test_stream_deltas_add_up_to_the_text(engine_thread):
+    deltas = []
+    handle = engine_thread.submit([{"role": "user", "content": "Count from one to ten in words."}],
+                                  SamplingParams(max_tokens=40, temperature=0), on_delta=deltas.append)
+    streamed = "".join(handle)  # the iterator and the callback see the same deltas
+    out = handle.result(60)
+    assert streamed == out.text == "".join(deltas)
+    assert out.text and "\ufffd" not in out.text
+
+
+def test_cancel_mid_answer_returns_every_block(engine_thread):
+    engine = engine_thread.wait_ready()
+    free_before = engine.block_manager.num_free_blocks
+    got_some = threading.Event()
+    handle = engine_thread.submit("Write a very long story about a dragon.",
+                                  SamplingParams(max_tokens=500, temperature=0, ignore_eos=True),
+                                  on_delta=lambda d: got_some.set())
+    assert got_some.wait(60)
+    handle.cancel()
+    out = handle.result(30)
+    assert out.finish_reason == "abort"
+    assert 0 < len(out.token_ids) < 500
+    assert engine.block_manager.num_free_blocks == free_before == engine.block_manager.num_blocks
+
+
+def test_errors_reach_the_handle(engine_thread):
+    errors = []
+    handle = engine_thread.submit(list(range(100, 5000)), SamplingParams(max_tokens=4), on_error=errors.append)
+    with pytest.raises(ValueError, match="context holds"):
+        handle.result(30)
+    assert isinstance(errors[0], ValueError)
+    with pytest.raises(ValueError):
+        list(handle)
+
+
+def test_load_error_reaches_submitters(tmp_path):
+    et = EngineThread(tmp_path / "missing")
+    with pytest.raises(ModelLoadError):
+        et.wait_ready(30)
+    handle = et.submit("hello")
+    with pytest.raises(ModelLoadError):
+        handle.result(30)
+    et.shutdown()
+
+
+def test_stop_strings_end_the_text_and_are_not_streamed(engine_thread):
+    handle = engine_thread.submit([{"role": "user", "content": "List three fruits, one per line."}],
+                                  SamplingParams(max_tokens=60, temperature=0, stop=["\n"]))
+    streamed = "".join(handle)
+    out = handle.result(30)
+    assert out.finish_reason == "stop"
+    assert "\n" not in out.text and streamed == out.text
