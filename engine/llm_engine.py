@@ -10,7 +10,7 @@ import torch
 
 from engine.block_manager import BlockManager
 from engine.config import EngineConfig
-from engine.loader import read_config, resolve_model
+from engine.loader import ModelLoadError, read_config, resolve_model
 from engine.model_runner import ModelRunner
 from engine.outputs import CompletionOutput, RequestMetrics, RequestOutput
 from engine.sampler import SamplingRow
@@ -44,15 +44,18 @@ class Request:
 
 
 class LLMEngine:
-    def __init__(self, model: str | PathLike | None = None, dummy_weights: bool = False, **config) -> None:
+    def __init__(self, model: str | PathLike | None = None, **config) -> None:
         self.config = EngineConfig(**config)
         folder = resolve_model(model)
         self.model_path = folder
         self.model_config = read_config(folder)
-        self.tokenizer = Tokenizer(folder)
+        try:
+            self.tokenizer = Tokenizer(folder)
+        except (OSError, ValueError) as e:
+            raise ModelLoadError(f"cannot load the tokenizer of {folder}: {e}") from e
         limit = min(self.config.max_model_len or self.model_config.max_position_embeddings,
                     self.model_config.max_position_embeddings)
-        self.runner = ModelRunner(self.config, self.model_config, folder, limit, dummy_weights)
+        self.runner = ModelRunner(self.config, self.model_config, folder, limit)
         bs = self.config.block_size
         self.max_model_len = min(limit, self.runner.num_blocks * bs)
         self.block_manager = BlockManager(self.runner.num_blocks, bs, self.config.enable_prefix_caching)

@@ -76,7 +76,10 @@ def read_config(folder: Path) -> ModelConfig:
         raw = json.loads((folder / "config.json").read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise ModelLoadError(f"cannot read {folder / 'config.json'}: {e}") from e
-    cfg = ModelConfig.from_hf(raw)
+    try:
+        cfg = ModelConfig.from_hf(raw)
+    except KeyError as e:
+        raise ModelLoadError(f"{folder / 'config.json'} lacks the field {e}") from e
     gen = folder / "generation_config.json"
     if gen.is_file():
         eos = json.loads(gen.read_text()).get("eos_token_id")
@@ -97,22 +100,15 @@ def iter_safetensors(folder: Path) -> Iterator[tuple[str, torch.Tensor]]:
 
 
 def load_model(folder: Path, cfg: ModelConfig, device: torch.device, dtype: torch.dtype,
-               max_positions: int, dummy_weights: bool = False) -> LlamaForCausalLM:
-    """Build the model without initialising it twice, then fill it from the checkpoint
-    (or with small random values, for benchmarks of shapes whose weights we do not have)."""
+               max_positions: int) -> LlamaForCausalLM:
+    """Build the model without initialising it (the checkpoint overwrites everything), then fill it."""
     with torch.device("meta"):
         model = LlamaForCausalLM(cfg, max_positions)
-    model = model.to_empty(device=device)
-    model.rope = model.rope.__class__(cfg, max_positions).to(device)
-    if dummy_weights:
-        gen = torch.Generator(device="cpu").manual_seed(0)
-        for name, p in model.named_parameters():
-            init = torch.ones_like(p, device="cpu") if "norm" in name else torch.randn(p.shape, generator=gen) * 0.02
-            p.data.copy_(init)
-    else:
-        with torch.no_grad():
-            model.load_weights(iter_safetensors(folder))
-    return model.to(dtype).eval()
+    model = model.to_empty(device=device).to(dtype)
+    model.rope = model.rope.__class__(cfg, max_positions).to(device)  # fp32 table, cast at use
+    with torch.no_grad():
+        model.load_weights(iter_safetensors(folder))
+    return model.eval()
 
 
 # ---------------------------------------------------------------- GGUF -> Hugging Face folder

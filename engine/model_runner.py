@@ -1,5 +1,5 @@
 """Owns the model and the KV cache on the device; turns a scheduled batch into step tensors,
-runs the forward pass, and samples."""
+runs the forward pass (eagerly, or by replaying a captured decode graph), and samples."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,28 +7,34 @@ from pathlib import Path
 import torch
 
 from engine.config import EngineConfig
+from engine.cuda_graphs import DecodeGraphs
 from engine.loader import load_model
 from engine.model.attention import AttentionMetadata
 from engine.model.config import ModelConfig
 from engine.sampler import SamplingRow, sample
 from engine.scheduler import ScheduledBatch
 from engine.sequence import Sequence
+from engine.step_inputs import StepInputs, table_tensor, to_device
 
 
 class ModelRunner:
     def __init__(self, config: EngineConfig, model_config: ModelConfig, folder: Path,
-                 max_positions: int, dummy_weights: bool = False) -> None:
+                 max_positions: int) -> None:
         self.config = config
         self.model_config = model_config
         self.device = torch.device(config.device)
         self.block_size = config.block_size
-        self.model = load_model(folder, model_config, self.device, config.dtype, max_positions, dummy_weights)
+        self.model = load_model(folder, model_config, self.device, config.dtype, max_positions)
         self.num_blocks = self._num_kv_blocks()
         c = model_config
         # One allocation for every layer's K and V: [2, layers, blocks, block_size, kv_heads, head_dim].
         self.kv_cache = torch.zeros(2, c.num_layers, self.num_blocks, self.block_size, c.num_kv_heads,
                                     c.head_dim, dtype=config.dtype, device=self.device)
         self.model.bind_kv_cache(list(self.kv_cache[0]), list(self.kv_cache[1]))
+        self.graphs: DecodeGraphs | None = None
+        if self.device.type == "cuda" and config.cuda_graphs:
+            max_blocks = -(-min(max_positions, self.num_blocks * self.block_size) // self.block_size)
+            self.graphs = DecodeGraphs(self.model, config.max_num_seqs, max_blocks, self.device)
 
     def bytes_per_block(self) -> int:
         c = self.model_config
@@ -51,58 +57,58 @@ class ModelRunner:
     def execute(self, batch: ScheduledBatch) -> tuple[torch.Tensor, list[Sequence]]:
         """Run one step. Returns logits for the sequences whose known tokens are now all
         computed (they get a new token), in batch order, with those sequences."""
-        for src, dst in batch.copies:  # copy-on-write before anything writes to `dst`
-            self.kv_cache[:, :, dst].copy_(self.kv_cache[:, :, src])
-        input_ids, positions, meta, last_rows, last_seqs = self._prepare(batch)
-        hidden = self.model(input_ids, positions, meta)
-        logits = self.model.compute_logits(hidden[last_rows]) if last_seqs else hidden.new_empty(0)
-        return logits, last_seqs
+        if batch.copies:  # copy-on-write before anything writes to the copies
+            src = torch.tensor([s for s, _ in batch.copies], device=self.device)
+            dst = torch.tensor([d for _, d in batch.copies], device=self.device)
+            self.kv_cache[:, :, dst] = self.kv_cache[:, :, src]
+        step = self._prepare(batch)
+        if not step.last_seqs:
+            self._forward(step)
+            return torch.empty(0, device=self.device), []
+        if self.graphs is not None and step.num_decode == len(step.input_ids) and self.graphs.fits(step.num_decode):
+            return self.graphs.run(step), step.last_seqs
+        hidden = self._forward(step)
+        last = to_device(step.last_rows, torch.int64, self.device)
+        return self.model.compute_logits(hidden[last]), step.last_seqs
 
     def sample(self, logits: torch.Tensor, rows: list[SamplingRow]) -> list[int]:
         """The only host sync of a step: reading the sampled ids."""
         return sample(logits, rows).tolist()
 
-    def _prepare(self, batch: ScheduledBatch):
+    def _forward(self, step: StepInputs) -> torch.Tensor:
+        dev = self.device
+        prefill_lens = [b - a for a, b in zip(step.prefill_cu_seqlens, step.prefill_cu_seqlens[1:])]
+        meta = AttentionMetadata(
+            slot_mapping=to_device(step.slots, torch.int64, dev),
+            num_decode=step.num_decode,
+            decode_block_tables=table_tensor(step.decode_tables, dev),
+            decode_context_lens=to_device(step.decode_context_lens, torch.int32, dev),
+            prefill_cu_seqlens=step.prefill_cu_seqlens,
+            prefill_context_lens=step.prefill_context_lens,
+            prefill_block_tables=table_tensor(step.prefill_tables, dev),
+            prefill_cu_seqlens_t=to_device(step.prefill_cu_seqlens, torch.int32, dev),
+            prefill_context_lens_t=to_device(step.prefill_context_lens, torch.int32, dev),
+            max_prefill_len=max(prefill_lens, default=0),
+        )
+        return self.model(to_device(step.input_ids, torch.int64, dev), to_device(step.positions, torch.int64, dev), meta)
+
+    def _prepare(self, batch: ScheduledBatch) -> StepInputs:
         bs = self.block_size
-        ids: list[int] = []
-        pos: list[int] = []
-        slots: list[int] = []
-        last_rows: list[int] = []
-        last_seqs: list[Sequence] = []
-        decode_ctx: list[int] = []
-        prefill_cu: list[int] = [0]
-        prefill_ctx: list[int] = []
+        step = StepInputs(num_decode=batch.num_decode)
         for i, (seq, n) in enumerate(zip(batch.seqs, batch.num_new_tokens)):
             start = seq.num_computed_tokens
-            tokens = seq.token_ids[start:start + n]
             table = seq.block_table
-            ids.extend(tokens)
-            pos.extend(range(start, start + n))
-            slots.extend(table[p // bs] * bs + p % bs for p in range(start, start + n))
+            step.input_ids.extend(seq.token_ids[start:start + n])
+            step.positions.extend(range(start, start + n))
+            step.slots.extend(table[p // bs] * bs + p % bs for p in range(start, start + n))
             if i < batch.num_decode:
-                decode_ctx.append(start + n)
+                step.decode_context_lens.append(start + n)
+                step.decode_tables.append(table)
             else:
-                prefill_cu.append(prefill_cu[-1] + n)
-                prefill_ctx.append(start + n)
+                step.prefill_cu_seqlens.append(step.prefill_cu_seqlens[-1] + n)
+                step.prefill_context_lens.append(start + n)
+                step.prefill_tables.append(table)
             if start + n == seq.num_tokens:
-                last_rows.append(len(ids) - 1)
-                last_seqs.append(seq)
-        dev = self.device
-        nd = batch.num_decode
-        meta = AttentionMetadata(
-            slot_mapping=torch.tensor(slots, dtype=torch.int64, device=dev),
-            num_decode=nd,
-            decode_block_tables=self._block_tables(batch.seqs[:nd]),
-            decode_context_lens=torch.tensor(decode_ctx, dtype=torch.int32, device=dev),
-            prefill_cu_seqlens=prefill_cu,
-            prefill_context_lens=prefill_ctx,
-            prefill_block_tables=self._block_tables(batch.seqs[nd:]),
-        )
-        input_ids = torch.tensor(ids, dtype=torch.int64, device=dev)
-        positions = torch.tensor(pos, dtype=torch.int64, device=dev)
-        return input_ids, positions, meta, torch.tensor(last_rows, device=dev), last_seqs
-
-    def _block_tables(self, seqs: list[Sequence]) -> torch.Tensor:
-        width = max((len(s.block_table) for s in seqs), default=0)
-        rows = [s.block_table + [-1] * (width - len(s.block_table)) for s in seqs]
-        return torch.tensor(rows, dtype=torch.int32, device=self.device).view(len(seqs), width)
+                step.last_rows.append(len(step.input_ids) - 1)
+                step.last_seqs.append(seq)
+        return step

@@ -2,7 +2,13 @@
 prefix (through the block table) and causally to itself. Prefix hits and chunked prefill need it."""
 from __future__ import annotations
 
+import math
+
 import torch
+
+from kernels._triton import cdiv, check_attention_layout, dot_precision, jit, next_pow2, tl
+
+ATTEND_CHUNK = 256  # query rows per matmul in the CPU path
 
 
 def causal_mask(q_len: int, ctx_len: int, device: torch.device) -> torch.Tensor:
@@ -13,16 +19,52 @@ def causal_mask(q_len: int, ctx_len: int, device: torch.device) -> torch.Tensor:
 
 def paged_prefill_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                                 cu_seqlens_q: torch.Tensor, context_lens: torch.Tensor,
-                                block_tables: torch.Tensor, scale: float) -> torch.Tensor:
+                                block_tables: torch.Tensor, scale: float,
+                                out: torch.Tensor | None = None) -> torch.Tensor:
     """q: [num_tokens, num_q_heads, head_dim], packed per sequence by cu_seqlens_q [num_seqs + 1];
     context_lens [num_seqs]: tokens in cache after this step (prefix + new), the new K/V already stored."""
-    out = torch.empty_like(q)
+    out = torch.empty_like(q) if out is None else out
     cu = cu_seqlens_q.tolist()
     ctx = context_lens.tolist()
     for i in range(len(ctx)):
         start, end, n = cu[i], cu[i + 1], ctx[i]
         k, v = gather_kv(k_cache, v_cache, block_tables[i], n)
         out[start:end] = attend(q[start:end], k, v, scale)
+    return out
+
+
+def paged_prefill_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                                   cu_seqlens_q: torch.Tensor, context_lens: torch.Tensor,
+                                   block_tables: torch.Tensor, scale: float, out: torch.Tensor | None = None,
+                                   *, max_seqlen_q: int | None = None) -> torch.Tensor:
+    """Same contract as the reference, FlashAttention-style: one program per (query tile of
+    BLOCK_M new tokens, sequence, query head) streams the sequence's K/V through its block table
+    in tiles of BLOCK_N keys with an online softmax, stopping at the tile's last visible key.
+
+    The grid needs the longest query chunk. Without `max_seqlen_q` it is read from `cu_seqlens_q`
+    on the host, a device sync: fine for prefill, which is not captured in CUDA graphs; a caller
+    that knows the bound (the engine has its chunk lengths on the host) passes it and never syncs.
+    """
+    num_tokens, num_q_heads, head_dim = q.shape
+    _, block_size, num_kv_heads, _ = k_cache.shape
+    num_seqs = context_lens.shape[0]
+    out = torch.empty_like(q) if out is None else out
+    check_attention_layout(q, k_cache, v_cache, out)
+    if max_seqlen_q is None:
+        max_seqlen_q = int((cu_seqlens_q[1:] - cu_seqlens_q[:-1]).max()) if num_seqs else 0
+    if num_tokens == 0 or max_seqlen_q == 0:
+        return out
+    wide = q.element_size() == 4  # fp32 tiles take twice the shared memory: halve them
+    block_m, block_n = (32, 32) if wide else (64, 64)
+    _prefill_kernel[(cdiv(max_seqlen_q, block_m), num_seqs, num_q_heads)](
+        q, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens, out,
+        scale * math.log2(math.e),
+        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        block_tables.stride(0), block_tables.stride(1), out.stride(0), out.stride(1),
+        GROUP=num_q_heads // num_kv_heads, HEAD_DIM=head_dim, BLOCK_D=next_pow2(head_dim),
+        BLOCK_SIZE=block_size, BLOCK_M=block_m, BLOCK_N=block_n, PRECISION=dot_precision(q.dtype),
+        num_warps=4, num_stages=2,
+    )
     return out
 
 
@@ -39,15 +81,78 @@ def gather_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, block_table: torch.T
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
     """Causal attention of q [m, Hq, D], the last m of n positions, over k, v [n, Hkv, D] with GQA.
 
-    Written as two batched matmuls per KV head group rather than SDPA: on the CPU this runs about
-    1.7x faster than SDPA's fused kernel at these sizes, and the query heads of one KV head share
-    one matmul without repeating K/V.
+    The CPU path, as batched matmuls per KV head (its query heads share one matmul, no repeated
+    K/V), about 2x faster than SDPA here. Queries go in chunks of ATTEND_CHUNK rows, each against
+    only the keys it may see: half the work of a full masked square, and bounded scratch memory.
     """
     m, num_q_heads, head_dim = q.shape
     n, num_kv_heads, _ = k.shape
     group = num_q_heads // num_kv_heads
-    qt = q.transpose(0, 1).reshape(num_kv_heads, group * m, head_dim)
-    scores = torch.bmm(qt, k.permute(1, 2, 0)).float().mul_(scale).view(num_kv_heads, group, m, n)
-    scores.masked_fill_(~causal_mask(m, n, q.device), float("-inf"))
-    probs = torch.softmax(scores.view(num_kv_heads, group * m, n), dim=-1).to(v.dtype)
-    return torch.bmm(probs, v.transpose(0, 1)).view(num_q_heads, m, head_dim).transpose(0, 1)
+    kt = k.permute(1, 2, 0).contiguous()  # [Hkv, D, n]
+    vt = v.transpose(0, 1).contiguous()  # [Hkv, n, D]
+    qt = q.transpose(0, 1).reshape(num_kv_heads, group, m, head_dim)
+    out = torch.empty(num_kv_heads, group, m, head_dim, dtype=q.dtype, device=q.device)
+    prefix = n - m
+    for r0 in range(0, m, ATTEND_CHUNK):
+        r1 = min(m, r0 + ATTEND_CHUNK)
+        rows, keys = r1 - r0, prefix + r1
+        qc = qt[:, :, r0:r1].reshape(num_kv_heads, group * rows, head_dim)
+        scores = torch.bmm(qc, kt[:, :, :keys]).float().mul_(scale).view(num_kv_heads, group, rows, keys)
+        scores.masked_fill_(~causal_mask(rows, keys, q.device), float("-inf"))
+        probs = torch.softmax(scores.view(num_kv_heads, group * rows, keys), dim=-1).to(v.dtype)
+        out[:, :, r0:r1] = torch.bmm(probs, vt[:, :keys]).view(num_kv_heads, group, rows, head_dim)
+    return out.view(num_q_heads, m, head_dim).transpose(0, 1)
+
+
+@jit(do_not_specialize=("stride_bt_seq",))
+def _prefill_kernel(q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, cu_seqlens_ptr, context_lens_ptr, out_ptr,
+                    qk_scale,
+                    stride_q_tok, stride_q_head, stride_c_block, stride_c_slot, stride_c_head,
+                    stride_bt_seq, stride_bt_block, stride_o_tok, stride_o_head,
+                    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
+    tile = tl.program_id(0)
+    seq = tl.program_id(1)
+    head = tl.program_id(2)
+    kv_head = head // GROUP
+    first = tl.load(cu_seqlens_ptr + seq)
+    q_len = tl.load(cu_seqlens_ptr + seq + 1) - first
+    context = tl.load(context_lens_ptr + seq)
+    prefix = context - q_len
+
+    offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    tokens = (first + offs_m).to(tl.int64)
+    positions = prefix + offs_m  # of the queries, in the sequence
+    tile_mask = (offs_m[:, None] < q_len) & (offs_d[None, :] < HEAD_DIM)
+    q = tl.load(q_ptr + tokens[:, None] * stride_q_tok + head * stride_q_head + offs_d[None, :],
+                mask=tile_mask, other=0.0)
+    # Keys past the tile's last query are invisible to all of it; a tile past the chunk has no work.
+    hi = tl.minimum(context, prefix + (tile + 1) * BLOCK_M)
+    hi = tl.where(tile * BLOCK_M < q_len, hi, 0)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.full([BLOCK_M], 0.0, tl.float32)
+    acc = tl.full([BLOCK_M, BLOCK_D], 0.0, tl.float32)
+    table = block_tables_ptr + seq * stride_bt_seq
+    for start in range(0, hi, BLOCK_N):
+        pos = start + offs_n
+        live = pos < hi
+        page = tl.load(table + (pos // BLOCK_SIZE) * stride_bt_block, mask=live, other=0).to(tl.int64)
+        rows = page * stride_c_block + (pos % BLOCK_SIZE) * stride_c_slot + kv_head * stride_c_head
+        kv_mask = live[:, None] & (offs_d[None, :] < HEAD_DIM)
+        k = tl.load(k_cache_ptr + rows[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(v_cache_ptr + rows[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+        s = tl.where(live[None, :] & (pos[None, :] <= positions[:, None]), s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        m_i = m_new
+
+    o = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+    tl.store(out_ptr + tokens[:, None] * stride_o_tok + head * stride_o_head + offs_d[None, :],
+             o.to(out_ptr.dtype.element_ty), mask=tile_mask)

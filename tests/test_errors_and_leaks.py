@@ -159,3 +159,28 @@ def test_stop_strings_end_the_text_and_are_not_streamed(engine_thread):
     out = handle.result(30)
     assert out.finish_reason == "stop"
     assert "\n" not in out.text and streamed == out.text
+
+
+def test_config_missing_a_field_and_missing_tokenizer(tmp_path, bundled_folder):
+    cfg = json.loads((bundled_folder / "config.json").read_text())
+    del cfg["num_attention_heads"]
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    (tmp_path / "model.safetensors").write_bytes(b"x")
+    with pytest.raises(ModelLoadError, match="num_attention_heads"):
+        LLM(tmp_path)
+    good = tmp_path / "no-tokenizer"
+    good.mkdir()
+    (good / "config.json").write_bytes((bundled_folder / "config.json").read_bytes())
+    (good / "model.safetensors").symlink_to(bundled_folder / "model.safetensors")
+    with pytest.raises(ModelLoadError, match="tokenizer"):
+        LLM(good, num_kv_blocks=4)
+
+
+def test_stats_are_fresh_once_idle(engine_thread):
+    engine_thread.submit("Hi", SamplingParams(max_tokens=3)).result(30)
+    deadline = 50
+    while engine_thread.stats().get("num_running", 1) and deadline:
+        threading.Event().wait(0.05)
+        deadline -= 1
+    stats = engine_thread.stats()
+    assert stats["num_running"] == 0 and stats["blocks_used"] == 0

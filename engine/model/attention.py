@@ -25,6 +25,11 @@ class AttentionMetadata:
     prefill_cu_seqlens: list[int]
     prefill_context_lens: list[int]
     prefill_block_tables: torch.Tensor
+    # The same on the device, for the CUDA kernels, which also take scratch for split-KV decode.
+    prefill_cu_seqlens_t: torch.Tensor | None = None
+    prefill_context_lens_t: torch.Tensor | None = None
+    max_prefill_len: int = 0
+    decode_workspace: torch.Tensor | None = None
 
 
 def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
@@ -32,6 +37,16 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: 
     """q: [N, Hq, D]; k, v: [N, Hkv, D] of this step, already stored in the cache."""
     out = torch.empty_like(q)
     nd = meta.num_decode
+    if q.is_cuda:  # Triton: results written in place, nothing read back to the host
+        if nd:
+            kernels.paged_decode_attention(q[:nd], k_cache, v_cache, meta.decode_block_tables,
+                                           meta.decode_context_lens, scale, out=out[:nd],
+                                           workspace=meta.decode_workspace)
+        if meta.prefill_context_lens:
+            kernels.paged_prefill_attention(q[nd:], k_cache, v_cache, meta.prefill_cu_seqlens_t,
+                                            meta.prefill_context_lens_t, meta.prefill_block_tables, scale,
+                                            out=out[nd:], max_seqlen_q=meta.max_prefill_len)
+        return out
     if nd:
         out[:nd] = kernels.paged_decode_attention(
             q[:nd], k_cache, v_cache, meta.decode_block_tables, meta.decode_context_lens, scale)
