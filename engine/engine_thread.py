@@ -203,11 +203,16 @@ class EngineThread:
             handle = self._handles.get(out.request_id)
             if handle is None:
                 continue
-            if out.outputs[0].delta:
-                handle._delta(out.outputs[0].delta)
-            if out.finished:
-                del self._handles[out.request_id]
-                handle._finish(out)
+            try:
+                if out.outputs[0].delta:
+                    handle._delta(out.outputs[0].delta)
+                if out.finished:
+                    del self._handles[out.request_id]
+                    handle._finish(out)
+            except Exception as e:  # the caller's callback failed: stop that request, keep the engine
+                self._handles.pop(out.request_id, None)
+                self.engine.abort_request(out.request_id)
+                handle._fail(e)
 
     def _abort_all(self, error: BaseException) -> None:
         """A failed step fails every request in it, and gives all their blocks back."""

@@ -37,10 +37,11 @@ class Request:
     prompt_token_ids: list[int]
     params: SamplingParams
     samples: list[SampleState] = field(default_factory=list)
+    num_samples: int = 1  # params.n, until an abort stops the samples not forked yet
 
     @property
     def finished(self) -> bool:
-        return len(self.samples) == self.params.n and all(s.seq.is_finished for s in self.samples)
+        return len(self.samples) == self.num_samples and all(s.seq.is_finished for s in self.samples)
 
 
 class LLMEngine:
@@ -78,7 +79,7 @@ class LLMEngine:
         request_id = request_id if request_id is not None else f"req-{next(self._request_ids)}"
         if request_id in self.requests:
             raise ValueError(f"request id {request_id!r} is already in use")
-        request = Request(request_id, list(prompt_token_ids), params)
+        request = Request(request_id, list(prompt_token_ids), params, num_samples=params.n)
         request.samples.append(self._new_sample(request, 0))
         self.requests[request_id] = request
         self.scheduler.add(request.samples[0].seq)
@@ -103,7 +104,7 @@ class LLMEngine:
         request = self.requests.get(request_id)
         if request is None:
             return None
-        request.params.n = len(request.samples)  # samples not forked yet will never be
+        request.num_samples = len(request.samples)  # samples not forked yet never will be
         for s in request.samples:
             if not s.seq.is_finished:
                 s.seq.finish_time = time.perf_counter()
@@ -140,7 +141,7 @@ class LLMEngine:
             state = request.samples[seq.sample_index]
             samples.append(state)
             rows.append(row)
-            if len(request.samples) < request.params.n:  # the prompt is in: fork the other samples
+            if len(request.samples) < request.num_samples:  # the prompt is in: fork the other samples
                 for child in self._fork(request, seq):
                     samples.append(child)
                     rows.append(row)
@@ -155,7 +156,7 @@ class LLMEngine:
 
     def _fork(self, request: Request, parent: Sequence) -> list[SampleState]:
         children = []
-        for index in range(1, request.params.n):
+        for index in range(1, request.num_samples):
             state = self._new_sample(request, index)
             child = state.seq
             self.block_manager.fork(parent, child)

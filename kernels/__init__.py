@@ -3,7 +3,7 @@ reference for everything else (CPU, tests); the public names pick one from the f
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 from kernels.decode_attention import paged_decode_attention_ref, paged_decode_attention_triton
 from kernels.prefill_attention import attend, paged_prefill_attention_ref, paged_prefill_attention_triton

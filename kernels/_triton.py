@@ -52,3 +52,25 @@ def check_attention_layout(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
 def dot_precision(dtype: torch.dtype) -> str:
     """fp32 inputs get exact fp32 products in `tl.dot`; Triton's default would round them to tf32."""
     return "ieee" if dtype == torch.float32 else "tf32"
+
+
+@jit
+def attend_kv_tile(q, k_cache_ptr, v_cache_ptr, table, pos, live, visible, offs_d, kv_head, m_i, l_i, acc, qk_scale,
+                   stride_bt_block, stride_c_block, stride_c_slot, stride_c_head,
+                   HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, PRECISION: tl.constexpr):
+    """One online-softmax step of the attention kernels: load the K/V rows of positions `pos`
+    (through the block table; `live` masks positions past the context), score them against the
+    query tile, keep the `visible` pairs, and fold them into the running max, sum and output."""
+    page = tl.load(table + (pos // BLOCK_SIZE) * stride_bt_block, mask=live, other=0).to(tl.int64)
+    rows = page * stride_c_block + (pos % BLOCK_SIZE) * stride_c_slot + kv_head * stride_c_head
+    kv_mask = live[:, None] & (offs_d[None, :] < HEAD_DIM)
+    k = tl.load(k_cache_ptr + rows[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
+    v = tl.load(v_cache_ptr + rows[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
+    s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+    s = tl.where(visible, s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(s - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+    return m_new, l_i, acc

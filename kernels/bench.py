@@ -26,7 +26,7 @@ import json
 import statistics
 import sys
 from dataclasses import asdict, dataclass
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

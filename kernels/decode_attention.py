@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from kernels._triton import cdiv, check_attention_layout, dot_precision, jit, next_pow2, tl
+from kernels._triton import attend_kv_tile, cdiv, check_attention_layout, dot_precision, jit, next_pow2, tl
 
 BLOCK_N = 64  # keys per inner iteration: one 16 KB K tile at head_dim 128 in 16 bits
 # Split-KV heuristics, first guesses until measured (`python -m kernels.bench --num-splits N`):
@@ -174,19 +174,9 @@ def _decode_kernel(q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, context_le
     for start in range(lo, hi, BLOCK_N):
         pos = start + offs_n
         live = pos < hi
-        page = tl.load(table + (pos // BLOCK_SIZE) * stride_bt_block, mask=live, other=0).to(tl.int64)
-        rows = page * stride_c_block + (pos % BLOCK_SIZE) * stride_c_slot + kv_head * stride_c_head
-        kv_mask = live[:, None] & (offs_d[None, :] < HEAD_DIM)
-        k = tl.load(k_cache_ptr + rows[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(v_cache_ptr + rows[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
-        s = tl.where(live[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        m_i = m_new
+        m_i, l_i, acc = attend_kv_tile(q, k_cache_ptr, v_cache_ptr, table, pos, live, live[None, :], offs_d, kv_head,
+                                       m_i, l_i, acc, qk_scale, stride_bt_block, stride_c_block, stride_c_slot,
+                                       stride_c_head, HEAD_DIM, BLOCK_SIZE, PRECISION)
 
     if SPLIT:
         row = partials_ptr + seq * stride_p_seq + heads * stride_p_head + split * stride_p_split

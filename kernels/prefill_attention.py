@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from kernels._triton import cdiv, check_attention_layout, dot_precision, jit, next_pow2, tl
+from kernels._triton import attend_kv_tile, cdiv, check_attention_layout, dot_precision, jit, next_pow2, tl
 
 ATTEND_CHUNK = 256  # query rows per matmul in the CPU path
 
@@ -139,19 +139,10 @@ def _prefill_kernel(q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, cu_seqlen
     for start in range(0, hi, BLOCK_N):
         pos = start + offs_n
         live = pos < hi
-        page = tl.load(table + (pos // BLOCK_SIZE) * stride_bt_block, mask=live, other=0).to(tl.int64)
-        rows = page * stride_c_block + (pos % BLOCK_SIZE) * stride_c_slot + kv_head * stride_c_head
-        kv_mask = live[:, None] & (offs_d[None, :] < HEAD_DIM)
-        k = tl.load(k_cache_ptr + rows[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(v_cache_ptr + rows[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
-        s = tl.where(live[None, :] & (pos[None, :] <= positions[:, None]), s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        m_i = m_new
+        visible = live[None, :] & (pos[None, :] <= positions[:, None])
+        m_i, l_i, acc = attend_kv_tile(q, k_cache_ptr, v_cache_ptr, table, pos, live, visible, offs_d, kv_head,
+                                       m_i, l_i, acc, qk_scale, stride_bt_block, stride_c_block, stride_c_slot,
+                                       stride_c_head, HEAD_DIM, BLOCK_SIZE, PRECISION)
 
     o = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
     tl.store(out_ptr + tokens[:, None] * stride_o_tok + head * stride_o_head + offs_d[None, :],

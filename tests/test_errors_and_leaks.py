@@ -184,3 +184,15 @@ def test_stats_are_fresh_once_idle(engine_thread):
         deadline -= 1
     stats = engine_thread.stats()
     assert stats["num_running"] == 0 and stats["blocks_used"] == 0
+
+
+def test_a_failing_callback_stops_its_request_not_the_engine(engine_thread):
+    def explode(_delta):
+        raise RuntimeError("callback bug")
+    bad = engine_thread.submit("Tell me a story.", SamplingParams(max_tokens=20, ignore_eos=True), on_delta=explode)
+    with pytest.raises(RuntimeError, match="callback bug"):
+        bad.result(30)
+    good = engine_thread.submit("Hello", SamplingParams(max_tokens=4, ignore_eos=True)).result(30)
+    assert len(good.token_ids) == 4
+    engine = engine_thread.wait_ready()
+    assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks

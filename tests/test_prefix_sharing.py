@@ -117,3 +117,19 @@ def test_preemption_finishes_everything_with_the_same_text(blocks):
     assert tight.stats()["num_preemptions"] > 0
     assert [o.token_ids for o in outs] == [o.token_ids for o in roomy]
     assert tight.stats()["blocks_used"] == 0
+
+
+def test_aborting_one_request_leaves_shared_params_alone():
+    """Two requests share one SamplingParams(n=2); aborting one before it forks must not change
+    how many samples the other gets, and must free everything."""
+    engine = LLMEngine(num_kv_blocks=64)
+    params = SamplingParams(n=2, max_tokens=4, temperature=0.8, seed=1)
+    a = engine.add_request(engine.tokenizer.encode("First request"), params)
+    b = engine.add_request(engine.tokenizer.encode("Second request"), params)
+    aborted = engine.abort_request(a)
+    assert aborted.finished and aborted.finish_reason == "abort" and len(aborted.outputs) == 1
+    done = {}
+    while engine.has_unfinished_requests():
+        done.update((o.request_id, o) for o in engine.step() if o.finished)
+    assert params.n == 2 and len(done[b].outputs) == 2
+    assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
