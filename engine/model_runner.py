@@ -58,8 +58,8 @@ class ModelRunner:
         """Run one step. Returns logits for the sequences whose known tokens are now all
         computed (they get a new token), in batch order, with those sequences."""
         if batch.copies:  # copy-on-write before anything writes to the copies
-            src = torch.tensor([s for s, _ in batch.copies], device=self.device)
-            dst = torch.tensor([d for _, d in batch.copies], device=self.device)
+            src = to_device([s for s, _ in batch.copies], torch.int64, self.device)
+            dst = to_device([d for _, d in batch.copies], torch.int64, self.device)
             self.kv_cache[:, :, dst] = self.kv_cache[:, :, src]
         step = self._prepare(batch)
         if not step.last_seqs:
