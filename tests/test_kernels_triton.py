@@ -144,7 +144,7 @@ def queries(num_tokens: int, num_q_heads: int, num_kv_heads: int, head_dim: int,
     return qkv.to(dtype)[:, :num_q_heads]
 
 
-def close(actual: torch.Tensor, expected: torch.Tensor) -> None:
+def check_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
     tol = TOLERANCE[actual.dtype]
     torch.testing.assert_close(actual.float(), expected, rtol=tol, atol=tol)
 
@@ -168,7 +168,7 @@ def test_decode_matches_reference(device, dtype, head_dim, block_size, ratio, nu
     result = paged_decode_attention_triton(q, kv.k_cache, kv.v_cache, kv.tables, context_lens, head_dim ** -0.5,
                                            out=out, workspace=workspace, num_splits=num_splits)
     assert result is out
-    close(out, paged_decode_attention_ref(q.float(), kv.ref_k_cache, kv.ref_v_cache, kv.ref_tables,
+    check_close(out, paged_decode_attention_ref(q.float(), kv.ref_k_cache, kv.ref_v_cache, kv.ref_tables,
                                           context_lens, head_dim ** -0.5))
 
 
@@ -186,7 +186,7 @@ def test_decode_gives_zeros_for_empty_contexts(device, num_splits):
     assert not out[[0, 2]].any()
     ref = paged_decode_attention_ref(q[1:2].float(), kv.ref_k_cache, kv.ref_v_cache, kv.ref_tables[1:2],
                                      context_lens[1:2], 0.125)
-    close(out[1:2], ref)
+    check_close(out[1:2], ref)
 
 
 @pytest.mark.parametrize("ratio", [1, 4, 8])
@@ -205,7 +205,7 @@ def test_prefill_matches_reference(device, dtype, head_dim, block_size, ratio):
     out = torch.full_like(q, float("nan"), memory_format=torch.contiguous_format)
     paged_prefill_attention_triton(q, kv.k_cache, kv.v_cache, cu_seqlens, context_lens, kv.tables, head_dim ** -0.5,
                                    out=out, max_seqlen_q=max(new))
-    close(out, paged_prefill_attention_ref(q.float(), kv.ref_k_cache, kv.ref_v_cache, cu_seqlens, context_lens,
+    check_close(out, paged_prefill_attention_ref(q.float(), kv.ref_k_cache, kv.ref_v_cache, cu_seqlens, context_lens,
                                            kv.ref_tables, head_dim ** -0.5))
 
 
@@ -219,7 +219,7 @@ def test_prefill_finds_its_own_grid_and_skips_empty_chunks(device):
     cu_seqlens = torch.tensor([0, 3, 3, 73], dtype=torch.int32, device=device)
     context_lens = torch.tensor(lens, dtype=torch.int32, device=device)
     out = paged_prefill_attention_triton(q, kv.k_cache, kv.v_cache, cu_seqlens, context_lens, kv.tables, 0.125)
-    close(out, paged_prefill_attention_ref(q.float(), kv.ref_k_cache, kv.ref_v_cache, cu_seqlens, context_lens,
+    check_close(out, paged_prefill_attention_ref(q.float(), kv.ref_k_cache, kv.ref_v_cache, cu_seqlens, context_lens,
                                            kv.ref_tables, 0.125))
 
 
