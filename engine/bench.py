@@ -389,10 +389,6 @@ def speedup_target(device: str) -> float:
     return TARGET_SPEEDUP["cuda" if device.startswith("cuda") else "cpu"]
 
 
-def _mark(ok: bool) -> str:
-    return "ok" if ok else "MISS"
-
-
 def format_report(r: Report) -> str:
     o, b, p = r.ours, r.baseline, r.prefix
 
@@ -405,7 +401,7 @@ def format_report(r: Report) -> str:
         return format(f(o), fmt), format(f(b), fmt), f"{f(o) / f(b):.2f}x"
 
     goal = speedup_target(r.device)
-    speed_target = "" if b is None else f">= {goal:g}x {_mark(r.speedup >= goal)}"
+    speed_target = "" if b is None else f">= {goal:g}x {bench_gpu.mark(r.speedup >= goal)}"
     lines = [
         f"engine.bench  device={r.device}  seed={r.seed}  scale={r.scale:g}  hf_batch={r.hf_batch}",
         f"model {r.model_path}",
@@ -418,13 +414,13 @@ def format_report(r: Report) -> str:
         row("wall time (s)", *pair(lambda x: x.elapsed_s, ".2f")),
         row("median TTFT, mixed (s)", *pair(lambda x: x.median_ttft_s, ".3f")),
         row("KV slot utilization (%)", *pair(lambda x: x.kv_utilization * 100, ".1f"),
-            f">= {TARGET_KV_UTILIZATION:.0%} {_mark(o.kv_utilization >= TARGET_KV_UTILIZATION)}"),
+            f">= {TARGET_KV_UTILIZATION:.0%} {bench_gpu.mark(o.kv_utilization >= TARGET_KV_UTILIZATION)}"),
         row("preemptions", str(o.preemptions)),
         "",
         f"prefix TTFT: cold {p.cold_ttft_s * 1000:.1f} ms ({p.cold_cached_tokens} cached tokens), "
         f"shared median {p.shared_median_s * 1000:.1f} ms (cached tokens {p.shared_cached_tokens})",
         f"shared/cold = {p.ratio:.4f} (1/{1 / p.ratio:.1f})   target <= 1/{1 / TARGET_TTFT_RATIO:g} "
-        f"{_mark(p.ratio <= TARGET_TTFT_RATIO)}",
+        f"{bench_gpu.mark(p.ratio <= TARGET_TTFT_RATIO)}",
     ]
     return "\n".join(lines)
 

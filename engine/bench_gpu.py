@@ -116,7 +116,7 @@ def shared_document(llm: LLM, doc_tokens: int = 4096, chats: int = 32) -> Shared
         for out in engine.step():
             if out.finished:
                 outputs[out.request_id] = out
-        running = [s for s in engine.scheduler.running]
+        running = engine.scheduler.running
         if not refs and len(running) == chats and all(not s.in_prefill for s in running):
             table = engine.requests[first].samples[0].seq.block_table[:doc_tokens // engine.config.block_size]
             refs = [engine.block_manager.pool.blocks[b].ref_cnt for b in table]
@@ -124,8 +124,11 @@ def shared_document(llm: LLM, doc_tokens: int = 4096, chats: int = 32) -> Shared
                           doc_tokens // engine.config.block_size, refs)
 
 
+def mark(ok: bool) -> str:
+    return "ok" if ok else "MISS"
+
+
 def report(roof: DecodeRoofline, doc: SharedDocument) -> tuple[str, dict]:
-    mark = lambda ok: "ok" if ok else "MISS"  # noqa: E731
     lines = [
         f"copy bandwidth {roof.bandwidth_gbs:.0f} GB/s",
         f"decode step, batch {roof.batch} x {roof.context} ctx: {roof.step_ms:.2f} ms; roofline "

