@@ -1,4 +1,5 @@
-"""Folio on the command line: `folio chat` talks to a local model in the terminal.
+"""Folio on the command line: `folio chat` talks to a local model in the terminal; `folio index`
+and `folio ask` (in `app/doc_commands.py`) work with the document library.
 
 `main(argv)` parses one subcommand and calls its `cmd_*` function, which returns the exit code.
 Adding a subcommand (`index`, `ask`, `serve`) means one `_add_*_parser` function and one `cmd_*`
@@ -17,6 +18,8 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from typing import TextIO
+
+from app.doc_commands import add_ask_parser, add_index_parser
 
 EXIT_OK = 0
 EXIT_USAGE = 2  # bad arguments (argparse's code) and a model that cannot be loaded
@@ -41,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     _add_chat_parser(sub)
+    add_index_parser(sub)
+    add_ask_parser(sub)
     return parser
 
 

@@ -1,1 +1,9 @@
-"""Retrieval over the user's documents (see DESIGN.md: RAG)."""
+"""Documents in, cited passages out: loaders, chunking, the MiniLM embedder, a chromadb + SQLite
+store, hybrid retrieval and prompt building. Imports nothing from `engine` or `app`."""
+from rag.context import DEFAULT_SYSTEM_PROMPT, Prompt, Source, build_prompt, cited_sources
+from rag.library import FileResult, IndexProgress, IndexReport, Library
+from rag.retrieve import Hit
+from rag.store import DocumentInfo
+
+__all__ = ["DEFAULT_SYSTEM_PROMPT", "DocumentInfo", "FileResult", "Hit", "IndexProgress", "IndexReport", "Library",
+           "Prompt", "Source", "build_prompt", "cited_sources"]

@@ -57,3 +57,10 @@ def hf_greedy(model, prompt: list[int], max_new_tokens: int) -> list[int]:
         out = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
                              generation_config=cfg)
     return out[0, len(prompt):].tolist()
+
+
+@pytest.fixture(scope="session")
+def embedder():
+    """One bundled MiniLM for the whole run (loading it takes seconds)."""
+    from rag.embedder import Embedder
+    return Embedder()

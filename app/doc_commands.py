@@ -1,0 +1,208 @@
+"""`folio index` and `folio ask`: the document library from the terminal.
+
+`index` shows one progress line per file (redrawn in place on a terminal), reports every file
+that could not be indexed and carries on past it. `ask` answers from the library (or from the
+documents given with `--doc`, pinned whole when they fit), streams the answer, then lists the
+sources with the ones the answer cites marked.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+from pathlib import Path
+from typing import TextIO
+
+from app.paths import library_dir
+
+EXIT_OK = 0
+EXIT_FAILED_FILES = 1   # `folio index` indexed what it could, but some files failed
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+BAR_WIDTH = 24
+STATUS_WORDS = {"added": "added", "updated": "updated", "unchanged": "unchanged", "duplicate": "duplicate",
+                "failed": "FAILED", "cancelled": "cancelled"}
+
+
+def add_library_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--library", metavar="DIR", type=Path,
+                   help="the library folder (default: the 'library' folder in Folio's data folder, "
+                        "or $FOLIO_DATA_DIR/library)")
+
+
+def add_index_parser(sub) -> None:
+    p = sub.add_parser("index", help="add documents to the library",
+                       description="Index files and folders (PDF, DOCX, EPUB, HTML, Markdown, text, code) "
+                                   "for search. Unchanged files are skipped; changed files are re-indexed.")
+    p.add_argument("paths", nargs="+", metavar="PATH", type=Path, help="files or folders")
+    add_library_argument(p)
+    p.set_defaults(func=cmd_index)
+
+
+def add_ask_parser(sub) -> None:
+    p = sub.add_parser("ask", help="answer a question from your documents",
+                       description="Answer a question from the library, streaming the answer, then list "
+                                   "the sources.")
+    p.add_argument("question")
+    p.add_argument("--doc", action="append", default=[], metavar="PATH", type=Path,
+                   help="answer from this document (indexed first if needed; repeatable)")
+    p.add_argument("--top-k", type=int, default=5, metavar="N",
+                   help="how many passages to retrieve (default: %(default)s)")
+    p.add_argument("--model", metavar="PATH",
+                   help="a Hugging Face model folder or a .gguf file (default: the bundled SmolLM2)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--max-tokens", type=int, default=256, metavar="N")
+    p.add_argument("--temperature", type=float, default=0.0, metavar="F",
+                   help="0 = greedy, the same answer every time (default: %(default)s)")
+    p.add_argument("--repetition-penalty", type=float, default=1.1, metavar="F",
+                   help="above 1 discourages small models from looping (default: %(default)s)")
+    add_library_argument(p)
+    p.set_defaults(func=cmd_ask)
+
+
+# ---------------------------------------------------------------------------------- folio index
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from rag import Library
+
+    cancel = threading.Event()
+    bar = ProgressLine(sys.stderr)
+    with Library(args.library or library_dir()) as lib:
+        try:
+            report = _interruptible(lambda: lib.add(args.paths, progress=bar.update, cancel=cancel), cancel)
+        finally:
+            bar.clear()
+        for r in report.results:
+            print(format_result(r), flush=True)
+        counts = {status: sum(r.status == status for r in report.results) for status in STATUS_WORDS}
+        summary = ", ".join(f"{n} {status}" for status, n in counts.items() if n) or "no files"
+        print(f"{summary}. The library holds {len(lib.documents())} documents.", file=sys.stderr, flush=True)
+    if cancel.is_set():
+        return EXIT_INTERRUPTED
+    return EXIT_FAILED_FILES if report.failed else EXIT_OK
+
+
+def format_result(r) -> str:
+    detail = f"{r.num_chunks} chunks" if r.status in ("added", "updated", "unchanged") else (r.error or "")
+    return f"{STATUS_WORDS[r.status]:<10} {r.path}" + (f"  ({detail})" if detail and r.status != "failed" else "") \
+        + (f"\n           {r.error}" if r.status == "failed" else "")
+
+
+class ProgressLine:
+    """`[ 3/10] name.pdf  ######------  45% embedding`, redrawn in place on a terminal; on a pipe
+    only each file's end is worth a line, and the per-file results say that already."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.live = _isatty(stream)
+        self.width = 0
+
+    def update(self, p) -> None:
+        if not self.live:
+            return
+        filled = round(p.fraction * BAR_WIDTH)
+        name = p.path.name if len(p.path.name) <= 40 else p.path.name[:39] + "…"
+        line = (f"[{p.file_index + 1:>{len(str(p.file_count))}}/{p.file_count}] {name}  "
+                f"{'#' * filled}{'-' * (BAR_WIDTH - filled)} {p.fraction:4.0%} {p.stage}")
+        self.stream.write("\r" + line.ljust(self.width))
+        self.stream.flush()
+        self.width = len(line)
+
+    def clear(self) -> None:
+        if self.live and self.width:
+            self.stream.write("\r" + " " * self.width + "\r")
+            self.stream.flush()
+
+
+# ---------------------------------------------------------------------------------- folio ask
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    from engine import EngineThread, ModelLoadError, SamplingParams
+    from rag import Library, build_prompt, cited_sources
+
+    try:
+        params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature,
+                                repetition_penalty=args.repetition_penalty)
+    except ValueError as e:
+        return _error(f"folio ask: {e}")
+    if args.top_k < 1:
+        return _error("folio ask: --top-k must be at least 1")
+    engine_thread = EngineThread(args.model, device=args.device)  # loads while the library is searched
+    try:
+        with Library(args.library or library_dir()) as lib:
+            pinned = []
+            if args.doc:
+                report = lib.add(args.doc)
+                for r in report.failed:
+                    print(f"folio ask: {r.error}", file=sys.stderr)
+                pinned = [r.doc_id for r in report.results if r.doc_id is not None]
+                if not pinned:
+                    return _error("folio ask: none of the --doc files could be read")
+            elif not lib.documents():
+                return _error("folio ask: the library is empty; add documents with `folio index PATH...`")
+            try:
+                engine = engine_thread.wait_ready()
+            except ModelLoadError as e:
+                return _error(f"folio ask: cannot load the model: {e}")
+            prompt = build_prompt(
+                args.question, library=lib, pinned_doc_ids=pinned, search=not pinned, k=args.top_k,
+                count_tokens=lambda s: len(engine.tokenizer.encode(s)),
+                max_context_tokens=engine.max_model_len - args.max_tokens)
+        handle = engine_thread.submit(prompt.messages, params)
+        try:
+            for delta in handle:
+                sys.stdout.write(delta)
+                sys.stdout.flush()
+        except KeyboardInterrupt:
+            handle.cancel()
+        output = handle.result()
+        print()
+        cited = {s.number for s in cited_sources(output.text, prompt.sources)}
+        if prompt.sources:
+            print("\nSources:")
+            for s in prompt.sources:
+                mark = "*" if s.number in cited else " "
+                print(f"{mark}[{s.number}] {s.label}: {s.snippet}")
+            if cited:
+                print("(* cited in the answer)")
+        return EXIT_OK
+    finally:
+        engine_thread.shutdown()
+
+
+# ---------------------------------------------------------------------------------- helpers
+
+def _interruptible(work, cancel: threading.Event):
+    """Run `work` in a thread so Ctrl+C can set `cancel` and still get its (partial) report."""
+    result: list = []
+    error: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(work())
+        except BaseException as e:  # re-raised in the caller's thread
+            error.append(e)
+
+    worker = threading.Thread(target=run, name="folio-index")
+    worker.start()
+    while worker.is_alive():
+        try:
+            worker.join(0.1)
+        except KeyboardInterrupt:
+            cancel.set()
+            print("\nstopping after the current batch…", file=sys.stderr, flush=True)
+    if error:
+        raise error[0]
+    return result[0]
+
+
+def _error(message: str) -> int:
+    print(message, file=sys.stderr, flush=True)
+    return EXIT_USAGE
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False

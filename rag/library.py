@@ -1,0 +1,200 @@
+"""A document library: files in, searchable chunks out, one folder on disk.
+
+`Library.add` is blocking and meant for a worker thread; it reports progress per file through a
+callback and stops between embedding batches when its cancel event is set. Each file gets its own
+`FileResult`: one bad file never stops the others, and never leaves a trace in the library.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from rag.chunking import ChunkingConfig, chunk_document
+from rag.embedder import Embedder
+from rag.loaders import DocumentError, EmptyDocument, is_supported, load_document
+from rag.retrieve import Hit, Mode, search
+from rag.store import DocumentInfo, Store
+
+STATUSES = ("added", "updated", "unchanged", "duplicate", "failed", "cancelled")
+
+
+class CancelFlag(Protocol):
+    def is_set(self) -> bool: ...
+
+
+@dataclass(frozen=True)
+class IndexProgress:
+    path: Path
+    file_index: int       # 0-based position in this `add` call
+    file_count: int
+    stage: str            # "reading", "embedding", then "done", "failed", "cancelled" or "skipped"
+    fraction: float       # of this file, 0..1
+
+
+@dataclass(frozen=True)
+class FileResult:
+    path: Path
+    status: str           # one of STATUSES
+    doc_id: str | None = None
+    error: str | None = None   # one line for the user: why it failed, or what it duplicates
+    num_chunks: int = 0
+
+
+@dataclass
+class IndexReport:
+    results: list[FileResult] = field(default_factory=list)
+
+    @property
+    def added(self) -> list[FileResult]:
+        return [r for r in self.results if r.status in ("added", "updated")]
+
+    @property
+    def failed(self) -> list[FileResult]:
+        return [r for r in self.results if r.status == "failed"]
+
+
+_FINAL_STAGE = {"added": "done", "updated": "done", "failed": "failed", "cancelled": "cancelled"}
+
+
+class _Cancelled(Exception):
+    pass
+
+
+class Library:
+    def __init__(self, path: str | os.PathLike, *, embedder: Embedder | None = None,
+                 chunking: ChunkingConfig = ChunkingConfig()) -> None:
+        self.path = Path(path)
+        self.embedder = embedder or Embedder()
+        self.chunking = chunking
+        self._store = Store(self.path)
+
+    def close(self) -> None:
+        self._store.close()
+
+    def __enter__(self) -> Library:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ reading
+
+    def documents(self) -> list[DocumentInfo]:
+        return self._store.documents()
+
+    def document(self, doc_id: str) -> DocumentInfo | None:
+        return self._store.document(doc_id)
+
+    def document_text(self, doc_id: str) -> tuple[str, list[dict]]:
+        """The whole text and its sections ({start, end, page, title}), to pin it into a prompt."""
+        return self._store.text(doc_id)
+
+    def search(self, query: str, k: int = 5, doc_ids: list[str] | None = None, mode: Mode = "hybrid") -> list[Hit]:
+        return search(self._store, self.embedder.embed, query, k, mode, doc_ids)
+
+    # ------------------------------------------------------------------ writing
+
+    def remove(self, doc_id: str) -> None:
+        try:
+            self._store.remove(doc_id)
+        except KeyError:
+            raise KeyError(f"no document {doc_id!r} in this library") from None
+
+    def add(self, paths: Iterable[str | os.PathLike], progress: Callable[[IndexProgress], None] | None = None,
+            cancel: CancelFlag | None = None) -> IndexReport:
+        files = expand(paths)
+        report = IndexReport()
+        for i, path in enumerate(files):
+            def tell(stage: str, fraction: float, i=i, path=path) -> None:
+                if progress is not None:
+                    progress(IndexProgress(path, i, len(files), stage, fraction))
+
+            if cancel is not None and cancel.is_set():
+                report.results.append(FileResult(path, "cancelled"))
+                continue
+            result = self._add_file(path, tell, cancel)
+            report.results.append(result)
+            tell(_FINAL_STAGE.get(result.status, "skipped"), 1.0)
+        return report
+
+    def _add_file(self, path: Path, tell: Callable[[str, float], None], cancel: CancelFlag | None) -> FileResult:
+        tell("reading", 0.0)
+        try:
+            content_hash = _hash_file(path)
+        except OSError as e:
+            return FileResult(path, "failed", error=_unreadable(path, e))
+        current = self._store.find(source=path)
+        if current is not None and current.content_hash == content_hash:
+            return FileResult(path, "unchanged", current.doc_id, num_chunks=current.num_chunks)
+        twin = self._store.find(content_hash=content_hash)
+        if twin is not None:
+            return FileResult(path, "duplicate", twin.doc_id, error=f"same content as {twin.source}",
+                              num_chunks=twin.num_chunks)
+        try:
+            doc = load_document(path)
+            chunks = chunk_document(doc, self.embedder.count_tokens, self.chunking)
+            if not chunks:
+                raise EmptyDocument(f"{path.name}: no text to index")
+        except DocumentError as e:
+            return FileResult(path, "failed", error=str(e))
+        tell("reading", 1.0)
+
+        def embedded(done: int) -> None:
+            if cancel is not None and cancel.is_set():
+                raise _Cancelled
+            tell("embedding", done / len(chunks))
+
+        try:
+            vectors = self.embedder.embed([c.text for c in chunks], progress=embedded)
+            if cancel is not None and cancel.is_set():  # asked for during the last batch
+                raise _Cancelled
+        except _Cancelled:
+            return FileResult(path, "cancelled")
+        doc_id = content_hash[:16]
+        info = DocumentInfo(doc_id, path, doc.title, doc.kind, doc.num_pages, len(chunks),
+                            sum(c.num_tokens for c in chunks), content_hash, time.time())
+        sections = [{"start": s.start, "end": s.end, "page": s.page, "title": s.title} for s in doc.sections]
+        chunk_ids = self._store.begin_document(info, doc.text, sections, chunks)
+        try:
+            self._store.add_vectors(doc_id, chunk_ids, vectors)
+            self._store.finish_document(doc_id, replaces=current.doc_id if current else None)
+        except BaseException:
+            self._store.abandon(doc_id)
+            raise
+        return FileResult(path, "updated" if current else "added", doc_id, num_chunks=len(chunks))
+
+
+def expand(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Files as given, and the supported files inside folders (sorted, hidden ones skipped).
+    A named file is kept even if unsupported, so the user hears why it was not indexed."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        p = p.expanduser().absolute()
+        if p.is_dir():
+            for root, dirs, names in os.walk(p):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                out += [Path(root, n) for n in sorted(names) if not n.startswith(".") and is_supported(n)]
+        else:
+            out.append(p)
+    return list(dict.fromkeys(out))
+
+
+def _hash_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _unreadable(path: Path, error: OSError) -> str:
+    if isinstance(error, FileNotFoundError):
+        return f"{path.name}: file not found"
+    if isinstance(error, IsADirectoryError):
+        return f"{path.name}: is a folder, not a file"
+    return f"{path.name}: cannot be read ({error.strerror or error})"

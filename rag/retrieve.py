@@ -1,0 +1,74 @@
+"""Ranking chunks for a query: dense (MiniLM cosine), keyword (SQLite FTS5 BM25), or both fused.
+
+Fusion is reciprocal-rank fusion: each list contributes 1 / (RRF_K + rank) per chunk. It needs no
+score calibration between cosine and BM25, which live on unrelated scales. `python -m rag.eval`
+compares the modes; hybrid is the default because it won there (see BENCHMARKS.md).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from rag.store import Store
+
+Mode = Literal["hybrid", "dense", "keyword"]
+MODES: tuple[str, ...] = ("hybrid", "dense", "keyword")
+RRF_K = 60
+CANDIDATES = 4  # each ranker proposes k * CANDIDATES chunks before fusion
+
+
+@dataclass(frozen=True)
+class Hit:
+    source: Path
+    page: int | None
+    text: str
+    score: float
+    doc_id: str
+    chunk_index: int
+    section: str | None = None
+    start: int = 0        # char offsets into the document text
+    end: int = 0
+
+
+def fuse(rankings: list[list[int]]) -> list[tuple[int, float]]:
+    """Reciprocal-rank fusion of best-first id lists, best first (ties broken by id)."""
+    scores: dict[int, float] = {}
+    for ranking in rankings:
+        for rank, chunk_id in enumerate(ranking):
+            scores[chunk_id] = scores.get(chunk_id, 0.0) + 1.0 / (RRF_K + rank + 1)
+    return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+def search(store: Store, embed: Callable[[list[str]], np.ndarray], query: str, k: int,
+           mode: Mode = "hybrid", doc_ids: list[str] | None = None) -> list[Hit]:
+    if mode not in MODES:
+        raise ValueError(f"unknown search mode {mode!r}; expected one of {', '.join(MODES)}")
+    if k <= 0 or not query.strip():
+        return []
+    n = k * CANDIDATES
+    dense = store.nearest(embed([query])[0], n, doc_ids) if mode != "keyword" else []
+    keyword = store.keyword(query, n, doc_ids) if mode != "dense" else []
+    if mode == "hybrid":
+        ranked = fuse([[i for i, _ in dense], [i for i, _ in keyword]])
+    else:
+        ranked = dense or keyword
+    chunks = store.chunks([i for i, _ in ranked])
+    hits = []
+    for chunk_id, score in ranked:
+        c = chunks.get(chunk_id)
+        if c is None:  # a document still being indexed, or being removed
+            continue
+        hits.append(Hit(c.source, c.page, c.text, score, c.doc_id, c.chunk_index, c.section, c.start, c.end))
+        if len(hits) == k:
+            break
+    return hits
+
+
+def canonical_order(hits: list[Hit]) -> list[Hit]:
+    """Document, then position: two chats that retrieve the same chunks send the same tokens."""
+    unique = {(h.doc_id, h.chunk_index): h for h in hits}
+    return sorted(unique.values(), key=lambda h: (str(h.source), h.doc_id, h.chunk_index))

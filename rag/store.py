@@ -1,0 +1,248 @@
+"""Where a library keeps its documents: a SQLite catalog (documents, chunk text, a BM25 index)
+and a chromadb collection (chunk vectors), both inside the library folder.
+
+chromadb has no transactions, so the catalog decides what exists. A document is written as
+"indexing" first, its vectors next, and it is switched to "ready" in one SQLite transaction last;
+search only sees ready documents. Opening a library removes whatever a crash left "indexing",
+so a half-indexed document never survives a restart.
+"""
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rag.chunking import Chunk
+
+COLLECTION = "chunks"
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS documents (
+    doc_id TEXT PRIMARY KEY,
+    source TEXT NOT NULL,
+    title TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    num_pages INTEGER,
+    num_chunks INTEGER NOT NULL,
+    num_tokens INTEGER NOT NULL,
+    content_hash TEXT NOT NULL,
+    added_at REAL NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('indexing', 'ready')),
+    text TEXT NOT NULL,
+    sections TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS documents_source ON documents(source);
+CREATE TABLE IF NOT EXISTS chunks (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: a vector id names one chunk forever
+    doc_id TEXT NOT NULL REFERENCES documents(doc_id),
+    chunk_index INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    start INTEGER NOT NULL,
+    end INTEGER NOT NULL,
+    page INTEGER,
+    section TEXT,
+    num_tokens INTEGER NOT NULL,
+    UNIQUE (doc_id, chunk_index)
+);
+CREATE VIRTUAL TABLE IF NOT EXISTS chunk_terms USING fts5(text, tokenize='porter unicode61');
+CREATE TABLE IF NOT EXISTS removed_vectors (doc_id TEXT PRIMARY KEY);
+"""
+_TERM = re.compile(r"\w+", re.UNICODE)
+
+
+@dataclass(frozen=True)
+class DocumentInfo:
+    doc_id: str
+    source: Path
+    title: str
+    kind: str
+    num_pages: int | None
+    num_chunks: int
+    num_tokens: int
+    content_hash: str
+    added_at: float
+
+
+@dataclass(frozen=True)
+class StoredChunk:
+    doc_id: str
+    source: Path
+    chunk_index: int
+    text: str
+    start: int
+    end: int
+    page: int | None
+    section: str | None
+
+
+class Store:
+    """All reads and writes of one library folder. Thread-safe: one lock around the catalog."""
+
+    def __init__(self, folder: Path) -> None:
+        import chromadb
+        from chromadb.config import Settings
+
+        folder.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(folder / "catalog.sqlite3", check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._chroma = chromadb.PersistentClient(path=str(folder / "vectors"),
+                                                 settings=Settings(anonymized_telemetry=False))
+        self._vectors = self._chroma.get_or_create_collection(
+            COLLECTION, configuration={"hnsw": {"space": "cosine"}}, embedding_function=None)
+        self._remove_unfinished()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # ------------------------------------------------------------------ catalog reads
+
+    def documents(self) -> list[DocumentInfo]:
+        rows = self._query("SELECT doc_id, source, title, kind, num_pages, num_chunks, num_tokens, content_hash, "
+                           "added_at FROM documents WHERE state='ready' ORDER BY source, doc_id")
+        return [DocumentInfo(r[0], Path(r[1]), *r[2:]) for r in rows]
+
+    def document(self, doc_id: str) -> DocumentInfo | None:
+        return next((d for d in self.documents() if d.doc_id == doc_id), None)
+
+    def find(self, *, source: Path | None = None, content_hash: str | None = None) -> DocumentInfo | None:
+        return next((d for d in self.documents()
+                     if (source is None or d.source == source)
+                     and (content_hash is None or d.content_hash == content_hash)), None)
+
+    def text(self, doc_id: str) -> tuple[str, list[dict]]:
+        """The whole document text and its sections ({start, end, page, title})."""
+        rows = self._query("SELECT text, sections FROM documents WHERE doc_id=? AND state='ready'", (doc_id,))
+        if not rows:
+            raise KeyError(doc_id)
+        return rows[0][0], json.loads(rows[0][1])
+
+    def chunks(self, ids: list[int]) -> dict[int, StoredChunk]:
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        rows = self._query(
+            f"SELECT c.id, c.doc_id, d.source, c.chunk_index, c.text, c.start, c.end, c.page, c.section "
+            f"FROM chunks c JOIN documents d USING (doc_id) WHERE c.id IN ({marks}) AND d.state='ready'", ids)
+        return {r[0]: StoredChunk(r[1], Path(r[2]), *r[3:]) for r in rows}
+
+    # ------------------------------------------------------------------ search
+
+    def nearest(self, vector: np.ndarray, n: int, doc_ids: list[str] | None = None) -> list[tuple[int, float]]:
+        """(chunk id, cosine similarity), best first."""
+        total = self._vectors.count()
+        if total == 0:
+            return []
+        where = {"doc_id": {"$in": doc_ids}} if doc_ids else None
+        result = self._vectors.query(query_embeddings=vector[None, :], n_results=min(n, total), where=where,
+                                     include=["distances"])
+        return [(int(i), 1.0 - float(d)) for i, d in zip(result["ids"][0], result["distances"][0])]
+
+    def keyword(self, query: str, n: int, doc_ids: list[str] | None = None) -> list[tuple[int, float]]:
+        """(chunk id, BM25 score, higher is better), best first. Any query word may match."""
+        terms = {t.lower() for t in _TERM.findall(query)}
+        if not terms:
+            return []
+        match = " OR ".join(f'"{t}"' for t in sorted(terms))
+        sql = ("SELECT t.rowid, -bm25(chunk_terms) FROM chunk_terms t JOIN chunks c ON c.id = t.rowid "
+               "WHERE chunk_terms MATCH ?")
+        args: list = [match]
+        if doc_ids:
+            sql += f" AND c.doc_id IN ({','.join('?' * len(doc_ids))})"
+            args += doc_ids
+        return [(r[0], r[1]) for r in self._query(sql + " ORDER BY bm25(chunk_terms) LIMIT ?", [*args, n])]
+
+    # ------------------------------------------------------------------ writes
+
+    def begin_document(self, info: DocumentInfo, text: str, sections: list[dict], chunks: list[Chunk]) -> list[int]:
+        """Write the document as "indexing" with its chunks; returns the chunk ids for the vectors."""
+        with self._lock, self._transaction():
+            self._db.execute(
+                "INSERT INTO documents VALUES (?,?,?,?,?,?,?,?,?,'indexing',?,?)",
+                (info.doc_id, str(info.source), info.title, info.kind, info.num_pages, info.num_chunks,
+                 info.num_tokens, info.content_hash, info.added_at, text, json.dumps(sections)))
+            ids = []
+            for c in chunks:
+                cur = self._db.execute(
+                    "INSERT INTO chunks (doc_id, chunk_index, text, start, end, page, section, num_tokens) "
+                    "VALUES (?,?,?,?,?,?,?,?)",
+                    (info.doc_id, c.index, c.text, c.start, c.end, c.page, c.section, c.num_tokens))
+                ids.append(cur.lastrowid)
+                self._db.execute("INSERT INTO chunk_terms (rowid, text) VALUES (?, ?)", (cur.lastrowid, c.text))
+            return ids
+
+    def add_vectors(self, doc_id: str, chunk_ids: list[int], vectors: np.ndarray) -> None:
+        for start in range(0, len(chunk_ids), 512):
+            ids = chunk_ids[start:start + 512]
+            self._vectors.add(ids=[str(i) for i in ids], embeddings=vectors[start:start + len(ids)],
+                              metadatas=[{"doc_id": doc_id}] * len(ids))
+
+    def finish_document(self, doc_id: str, replaces: str | None = None) -> None:
+        """Make the document visible, and drop the version it replaces, in one transaction."""
+        with self._lock, self._transaction():
+            self._db.execute("UPDATE documents SET state='ready' WHERE doc_id=?", (doc_id,))
+            if replaces is not None:
+                self._delete_rows(replaces)
+        if replaces is not None:
+            self._delete_vectors(replaces)
+
+    def remove(self, doc_id: str) -> None:
+        """Catalog first: once its rows are gone the document is gone. Its vectors are noted for
+        deletion in the same transaction, so a crash before they are deleted is finished on open."""
+        with self._lock, self._transaction():
+            if not self._delete_rows(doc_id):
+                raise KeyError(doc_id)
+        self._delete_vectors(doc_id)
+
+    def abandon(self, doc_id: str) -> None:
+        """Undo a document that was begun but not finished (cancelled, or its vectors failed)."""
+        with self._lock, self._transaction():
+            self._delete_rows(doc_id)
+        self._delete_vectors(doc_id)
+
+    # ------------------------------------------------------------------ internals
+
+    def _remove_unfinished(self) -> None:
+        with self._lock, self._transaction():
+            for (doc_id,) in self._db.execute("SELECT doc_id FROM documents WHERE state='indexing'").fetchall():
+                self._delete_rows(doc_id)
+        for (doc_id,) in self._query("SELECT doc_id FROM removed_vectors"):
+            self._delete_vectors(doc_id)
+
+    def _delete_rows(self, doc_id: str) -> bool:
+        """Inside a transaction: the document, its chunks and terms; its vectors are queued."""
+        self._db.execute("DELETE FROM chunk_terms WHERE rowid IN (SELECT id FROM chunks WHERE doc_id=?)", (doc_id,))
+        self._db.execute("DELETE FROM chunks WHERE doc_id=?", (doc_id,))
+        self._db.execute("INSERT OR IGNORE INTO removed_vectors VALUES (?)", (doc_id,))
+        return self._db.execute("DELETE FROM documents WHERE doc_id=?", (doc_id,)).rowcount > 0
+
+    def _delete_vectors(self, doc_id: str) -> None:
+        self._vectors.delete(where={"doc_id": doc_id})
+        with self._lock:
+            self._db.execute("DELETE FROM removed_vectors WHERE doc_id=?", (doc_id,))
+
+    def _query(self, sql: str, args=()) -> list[tuple]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    def _transaction(self):
+        return _Transaction(self._db)
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+

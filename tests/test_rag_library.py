@@ -1,0 +1,169 @@
+"""The library end to end on real files, real chromadb and real SQLite: adding, de-duplication,
+re-indexing, removal, search with pages, cancel, and bad input that never leaves a trace."""
+import threading
+from pathlib import Path
+
+import pytest
+
+from conftest import PASSAGE
+from doc_fixtures import make_docx, make_encrypted_pdf, make_pdf
+from rag import Library
+from rag_checks import check_consistent
+
+MANUAL_PAGES = [
+    "Installing the pump. Bolt the base plate to a level concrete pad before connecting any pipes.",
+    "Priming. Fill the casing with water through the priming plug until water flows from the vent.",
+    "Troubleshooting. If the motor hums but does not turn, the capacitor has failed and must be replaced.",
+]
+
+
+@pytest.fixture
+def library(tmp_path, embedder):
+    with Library(tmp_path / "library", embedder=embedder) as lib:
+        yield lib
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_add_search_and_cite_pages(library, tmp_path):
+    pdf = tmp_path / "pump.pdf"
+    make_pdf(pdf, MANUAL_PAGES)
+    notes = write(tmp_path / "notes.md", "# Lighthouse\n\n" + PASSAGE)
+    report = library.add([pdf, notes])
+    assert [r.status for r in report.results] == ["added", "added"] and not report.failed
+    docs = {d.source.name: d for d in library.documents()}
+    assert docs["pump.pdf"].num_pages == 3 and docs["pump.pdf"].kind == "pdf"
+    assert docs["notes.md"].title == "Lighthouse"
+
+    hit = library.search("the motor hums and will not spin", k=1)[0]
+    assert hit.source == pdf and hit.page == 3 and "capacitor" in hit.text
+    hit = library.search("who rowed across the bay for a wick?", k=1)[0]
+    assert hit.source == notes and "daughter" in hit.text
+    assert library.search("priming plug", k=2, mode="keyword")[0].page == 2
+    only_notes = library.search("capacitor", k=5, doc_ids=[docs["notes.md"].doc_id])
+    assert only_notes and all(h.source == notes for h in only_notes)
+    check_consistent(library)
+
+
+def test_folders_duplicates_changes_and_removal(library, tmp_path):
+    folder = tmp_path / "docs"
+    (folder / "sub").mkdir(parents=True)
+    a = write(folder / "a.txt", "Apples grow on trees in orchards across the valley.")
+    write(folder / "sub" / "b.txt", "Bananas ripen in warm climates near the equator.")
+    write(folder / "picture.png", "not a document")  # skipped quietly inside a folder
+    write(folder / ".hidden.txt", "never indexed")
+    report = library.add([folder])
+    assert sorted(r.path.name for r in report.results) == ["a.txt", "b.txt"]
+
+    copy = write(tmp_path / "copy.txt", a.read_text())
+    again = library.add([a, copy])
+    assert [r.status for r in again.results] == ["unchanged", "duplicate"]
+    assert "a.txt" in again.results[1].error
+
+    write(a, "Apricots are dried in the sun on flat roofs.")
+    updated = library.add([a]).results[0]
+    assert updated.status == "updated"
+    assert len(library.documents()) == 2
+    assert "Apricots" in library.search("dried apricots", k=1)[0].text
+    assert not any("Apples" in h.text for h in library.search("apples orchards", k=5))
+
+    library.remove(updated.doc_id)
+    assert [d.source.name for d in library.documents()] == ["b.txt"]
+    with pytest.raises(KeyError, match="no document"):
+        library.remove(updated.doc_id)
+    check_consistent(library)
+
+
+def test_bad_files_each_get_a_clear_result_and_leave_no_trace(library, tmp_path):
+    good = write(tmp_path / "good.txt", PASSAGE)
+    corrupt = tmp_path / "corrupt.pdf"
+    corrupt.write_bytes(b"%PDF-1.7\n" + bytes(range(256)) * 40)
+    encrypted = tmp_path / "locked.pdf"
+    make_encrypted_pdf(encrypted, "secret")
+    empty = write(tmp_path / "empty.txt", "")
+    binary = tmp_path / "binary.txt"
+    binary.write_bytes(bytes(range(256)) * 64)
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("Café crème brûlée, naïve façade, déjà vu.".encode("cp1252"))
+    huge = tmp_path / "huge.txt"
+    with open(huge, "wb") as f:
+        f.write(b"lorem ipsum dolor sit amet " * (50 * 1024 * 1024 // 27 + 1))
+    unsupported = write(tmp_path / "table.xyz", "a,b,c")
+    gone = tmp_path / "gone.txt"
+    docx = tmp_path / "table.docx"
+    make_docx(docx, ["Quarterly figures"], [["Region", "Sales"], ["North", "1200"]])
+
+    files = [good, corrupt, encrypted, empty, binary, latin, huge, unsupported, gone, docx, good]
+    report = library.add(files)
+    by_name = {r.path.name: r for r in report.results}
+    assert {n: r.status for n, r in by_name.items()} == {
+        "good.txt": "added", "corrupt.pdf": "failed", "locked.pdf": "failed", "empty.txt": "failed",
+        "binary.txt": "failed", "latin.txt": "added", "huge.txt": "failed", "table.xyz": "failed",
+        "gone.txt": "failed", "table.docx": "added"}
+    assert len(report.results) == 10  # the file named twice is indexed once
+    assert "password" in by_name["locked.pdf"].error
+    assert "not found" in by_name["gone.txt"].error
+    for r in report.failed:
+        assert r.path.name in r.error and "\n" not in r.error and r.doc_id is None
+    assert "crème brûlée" in library.search("creme brulee dessert", k=3)[0].text or \
+        any("crème" in h.text for h in library.search("Café crème", k=3))
+    assert any("North" in h.text and "1200" in h.text for h in library.search("sales in the north region", k=3))
+    assert sorted(d.source.name for d in library.documents()) == ["good.txt", "latin.txt", "table.docx"]
+    check_consistent(library)
+
+
+def test_a_file_deleted_between_listing_and_reading(library, tmp_path):
+    first = write(tmp_path / "first.txt", PASSAGE)
+    second = write(tmp_path / "second.txt", "This file disappears before it is read.")
+
+    def delete_the_next_one(progress):
+        if progress.path == first and progress.stage == "reading" and second.exists():
+            second.unlink()
+
+    report = library.add([tmp_path], progress=delete_the_next_one)
+    assert [(r.path.name, r.status) for r in report.results] == [("first.txt", "added"), ("second.txt", "failed")]
+    check_consistent(library)
+
+
+def test_cancel_stops_between_batches_and_keeps_finished_files(library, tmp_path):
+    small = write(tmp_path / "a_small.txt", PASSAGE)
+    big = write(tmp_path / "b_big.txt", "\n\n".join(f"Paragraph {i}. " + PASSAGE for i in range(150)))
+    later = write(tmp_path / "c_later.txt", "Never reached.")
+    cancel = threading.Event()
+    stages = []
+
+    def progress(p):
+        stages.append((p.path.name, p.stage))
+        if p.path == big and p.stage == "embedding":
+            cancel.set()
+
+    report = library.add([small, big, later], progress=progress, cancel=cancel)
+    assert [r.status for r in report.results] == ["added", "cancelled", "cancelled"]
+    assert ("b_big.txt", "cancelled") in stages
+    assert sum(1 for name, stage in stages if (name, stage) == ("b_big.txt", "embedding")) == 1  # stopped at once
+    assert [d.source for d in library.documents()] == [small]
+    check_consistent(library)
+    assert library.add([big]).results[0].status == "added"  # nothing half-done blocks a retry
+
+
+def test_progress_reports_every_file(library, tmp_path):
+    files = [write(tmp_path / f"{i}.txt", f"Document {i}. " + PASSAGE) for i in range(3)]
+    seen = []
+    library.add(files, progress=seen.append)
+    assert {(p.file_index, p.file_count) for p in seen} == {(0, 3), (1, 3), (2, 3)}
+    finals = [p for p in seen if p.stage == "done"]
+    assert [p.path for p in finals] == files and all(p.fraction == 1.0 for p in finals)
+    assert all(0.0 <= p.fraction <= 1.0 for p in seen)
+
+
+def test_reopening_keeps_the_library(tmp_path, embedder):
+    doc = write(tmp_path / "keep.txt", PASSAGE)
+    with Library(tmp_path / "lib", embedder=embedder) as lib:
+        lib.add([doc])
+    with Library(tmp_path / "lib", embedder=embedder) as lib:
+        assert [d.source for d in lib.documents()] == [doc]
+        assert lib.search("harvest festival story", k=1)[0].source == doc
+        check_consistent(lib)
