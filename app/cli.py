@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="folio",
         description="Folio: offline chat with local language models and your documents.",
     )
+    parser.add_argument("--self-test", action="store_true",
+                        help="check the installation headless (load the model, answer, index, search) and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     _add_chat_parser(sub)
     add_index_parser(sub)
@@ -76,6 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.self_test:
+        from app.self_test import run
+        return run()
     func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
     if func is None:  # `folio` alone: the GUI will open here; for now, the help
         parser.print_help()
