@@ -9,7 +9,7 @@ TRITON := triton==3.6.0
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: run test install bench clean
+.PHONY: run test install bench clean package install-desktop
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,5 +34,11 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m engine.bench
 
+package: $(STAMP)
+	packaging/build.sh
+
+install-desktop: $(STAMP)
+	packaging/linux/install-desktop.sh
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build dist *.egg-info
