@@ -19,7 +19,9 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
+from app.backend_choice import BackendError, add_backend_arguments, start_backend
 from app.doc_commands import add_ask_parser, add_index_parser
+from app.server import add_serve_arguments, cmd_serve
 
 EXIT_OK = 0
 EXIT_USAGE = 2  # bad arguments (argparse's code) and a model that cannot be loaded
@@ -48,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_chat_parser(sub)
     add_index_parser(sub)
     add_ask_parser(sub)
+    _add_serve_parser(sub)
     return parser
 
 
@@ -60,8 +63,6 @@ def _add_chat_parser(sub) -> None:
                + "  Ctrl+C  stop the answer being written (at an empty prompt: quit)\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", metavar="PATH",
-                   help="a Hugging Face model folder or a .gguf file (default: the bundled SmolLM2)")
     p.add_argument("--system", metavar="TEXT", help="system prompt, sent first in every turn")
     p.add_argument("--temperature", type=float, default=0.7, metavar="F",
                    help="sampling temperature, 0 = greedy (default: %(default)s)")
@@ -69,9 +70,17 @@ def _add_chat_parser(sub) -> None:
                    help="nucleus sampling threshold in (0, 1] (default: %(default)s)")
     p.add_argument("--max-tokens", type=int, default=512, metavar="N",
                    help="longest answer in tokens (default: %(default)s)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                   help="where the model runs (default: %(default)s: the GPU if there is one)")
+    add_backend_arguments(p)
     p.set_defaults(func=cmd_chat)
+
+
+def _add_serve_parser(sub) -> None:
+    p = sub.add_parser("serve", help="serve the model over an OpenAI-compatible HTTP API",
+                       description="An OpenAI-compatible server (/v1/models, /v1/chat/completions, "
+                                   "/v1/completions, /v1/embeddings) on the local model. Listens on "
+                                   "127.0.0.1 unless --host says otherwise.")
+    add_serve_arguments(p)
+    p.set_defaults(func=cmd_serve)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -95,33 +104,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 # ---------------------------------------------------------------------------------- folio chat
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    from engine import EngineThread, ModelLoadError, SamplingParams
+    from engine import SamplingParams
 
     try:
         params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p)
     except ValueError as e:
         return _error(f"folio chat: {e}")
-    if args.device == "cuda":
-        import torch
-        if not torch.cuda.is_available():
-            return _error("folio chat: --device cuda was asked for, but no CUDA GPU is available")
-
-    print("Loading model…", file=sys.stderr, flush=True)
-    engine_thread = EngineThread(args.model, device=args.device)
+    print("Connecting…" if args.remote else "Loading model…", file=sys.stderr, flush=True)
     try:
-        engine = engine_thread.wait_ready()
-    except ModelLoadError as e:
-        return _error(f"folio chat: cannot load the model: {e}")
+        backend = start_backend(args)
+    except BackendError as e:
+        return _error(f"folio chat: {e}")
     except KeyboardInterrupt:  # loading cannot be stopped; the engine thread is a daemon
         print(file=sys.stderr)
         return EXIT_INTERRUPTED
 
-    print(f"{engine.model_path.name} on {engine.config.device}. "
-          f"/help lists commands; Ctrl+C stops an answer, Ctrl+D quits.", file=sys.stderr, flush=True)
+    print(f"{backend.description}. /help lists commands; Ctrl+C stops an answer, Ctrl+D quits.",
+          file=sys.stderr, flush=True)
     try:
-        ChatSession(engine_thread, params, args.system).run()
+        ChatSession(backend.engine, params, args.system).run()
     finally:
-        engine_thread.shutdown()
+        backend.engine.shutdown()
     return EXIT_OK
 
 

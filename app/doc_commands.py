@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 from typing import TextIO
 
+from app.backend_choice import BackendError, add_backend_arguments, start_backend
 from app.paths import library_dir
 
 EXIT_OK = 0
@@ -48,15 +49,13 @@ def add_ask_parser(sub) -> None:
                    help="answer from this document (indexed first if needed; repeatable)")
     p.add_argument("--top-k", type=int, default=5, metavar="N",
                    help="how many passages to retrieve (default: %(default)s)")
-    p.add_argument("--model", metavar="PATH",
-                   help="a Hugging Face model folder or a .gguf file (default: the bundled SmolLM2)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--max-tokens", type=int, default=256, metavar="N")
     p.add_argument("--temperature", type=float, default=0.0, metavar="F",
                    help="0 = greedy, the same answer every time (default: %(default)s)")
     p.add_argument("--repetition-penalty", type=float, default=1.1, metavar="F",
                    help="above 1 discourages small models from looping (default: %(default)s)")
     add_library_argument(p)
+    add_backend_arguments(p)
     p.set_defaults(func=cmd_ask)
 
 
@@ -117,8 +116,8 @@ class ProgressLine:
 # ---------------------------------------------------------------------------------- folio ask
 
 def cmd_ask(args: argparse.Namespace) -> int:
-    from engine import EngineThread, ModelLoadError, SamplingParams
-    from rag import Library, build_prompt, cited_sources
+    from engine import SamplingParams
+    from rag import Library
 
     try:
         params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature,
@@ -127,47 +126,54 @@ def cmd_ask(args: argparse.Namespace) -> int:
         return _error(f"folio ask: {e}")
     if args.top_k < 1:
         return _error("folio ask: --top-k must be at least 1")
-    engine_thread = EngineThread(args.model, device=args.device)  # loads while the library is searched
-    try:
-        with Library(args.library or library_dir()) as lib:
-            pinned = []
-            if args.doc:
-                report = lib.add(args.doc)
-                for r in report.failed:
-                    print(f"folio ask: {r.error}", file=sys.stderr)
-                pinned = [r.doc_id for r in report.results if r.doc_id is not None]
-                if not pinned:
-                    return _error("folio ask: none of the --doc files could be read")
-            elif not lib.documents():
-                return _error("folio ask: the library is empty; add documents with `folio index PATH...`")
-            try:
-                engine = engine_thread.wait_ready()
-            except ModelLoadError as e:
-                return _error(f"folio ask: cannot load the model: {e}")
-            prompt = build_prompt(
-                args.question, library=lib, pinned_doc_ids=pinned, search=not pinned, k=args.top_k,
-                count_tokens=lambda s: len(engine.tokenizer.encode(s)),
-                max_context_tokens=engine.max_model_len - args.max_tokens)
-        handle = engine_thread.submit(prompt.messages, params)
+    with Library(args.library or library_dir()) as lib:
+        pinned = []
+        if args.doc:
+            report = lib.add(args.doc)
+            for r in report.failed:
+                print(f"folio ask: {r.error}", file=sys.stderr)
+            pinned = [r.doc_id for r in report.results if r.doc_id is not None]
+            if not pinned:
+                return _error("folio ask: none of the --doc files could be read")
+        elif not lib.documents():
+            return _error("folio ask: the library is empty; add documents with `folio index PATH...`")
         try:
-            for delta in handle:
-                sys.stdout.write(delta)
-                sys.stdout.flush()
-        except KeyboardInterrupt:
-            handle.cancel()
+            backend = start_backend(args)
+        except BackendError as e:
+            return _error(f"folio ask: {e}")
+        try:
+            return _answer(args, lib, pinned, backend, params)
+        finally:
+            backend.engine.shutdown()
+
+
+def _answer(args: argparse.Namespace, lib, pinned: list[str], backend, params) -> int:
+    from rag import build_prompt, cited_sources
+
+    prompt = build_prompt(args.question, library=lib, pinned_doc_ids=pinned, search=not pinned, k=args.top_k,
+                          count_tokens=backend.count_tokens,
+                          max_context_tokens=backend.context_tokens - args.max_tokens)
+    handle = backend.engine.submit(prompt.messages, params)
+    try:
+        for delta in handle:
+            sys.stdout.write(delta)
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        handle.cancel()
+    try:
         output = handle.result()
-        print()
-        cited = {s.number for s in cited_sources(output.text, prompt.sources)}
-        if prompt.sources:
-            print("\nSources:")
-            for s in prompt.sources:
-                mark = "*" if s.number in cited else " "
-                print(f"{mark}[{s.number}] {s.label}: {s.snippet}")
-            if cited:
-                print("(* cited in the answer)")
-        return EXIT_OK
-    finally:
-        engine_thread.shutdown()
+    except ValueError as e:  # e.g. the question and documents do not fit the context
+        return _error(f"\nfolio ask: {e}")
+    print()
+    cited = {s.number for s in cited_sources(output.text, prompt.sources)}
+    if prompt.sources:
+        print("\nSources:")
+        for s in prompt.sources:
+            mark = "*" if s.number in cited else " "
+            print(f"{mark}[{s.number}] {s.label}: {s.snippet}")
+        if cited:
+            print("(* cited in the answer)")
+    return EXIT_OK
 
 
 # ---------------------------------------------------------------------------------- helpers

@@ -1,0 +1,345 @@
+"""Chats on any OpenAI-compatible server (`folio serve`, vLLM, llama.cpp, Ollama, OpenAI) instead
+of the local engine, behind the same surface as `EngineThread`.
+
+`RemoteEngine.submit` returns a `RemoteHandle`, an `engine.RequestHandle` whose stream is an HTTP
+request in its own thread: deltas, callbacks, `result()` and iteration work as for the local
+engine, and the output is an `engine.RequestOutput`. `cancel()` shuts the socket, so the server
+sees the client go and stops generating. Errors a user can cause (bad URL, refused connection,
+wrong key, a prompt too long for the server's model) arrive as `RemoteError` with a message
+meant for them.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+
+import httpx
+
+from engine import CompletionOutput, RequestHandle, RequestMetrics, RequestOutput, SamplingParams
+from engine.engine_thread import Prompt
+
+
+class RemoteError(ValueError):
+    """The server could not be used, said why in the message. A ValueError, like the engine's
+    errors for requests that cannot run, so callers show it instead of crashing."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def normalise_base_url(url: str) -> str:
+    """"localhost:8000" -> "http://localhost:8000/v1": the scheme and the usual /v1 are added
+    when left out; an explicit path is kept as given."""
+    text = url.strip()
+    if not text:
+        raise RemoteError("no server URL given")
+    if "://" not in text:
+        text = "http://" + text
+    try:
+        parsed = httpx.URL(text)
+    except httpx.InvalidURL as e:
+        raise RemoteError(f"{url!r} is not a valid server URL ({e})") from e
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise RemoteError(f"{url!r} is not a valid server URL: it should look like http://host:port/v1")
+    if parsed.path in ("", "/"):
+        parsed = parsed.copy_with(path="/v1")
+    return str(parsed).rstrip("/")
+
+
+class RemoteHandle(RequestHandle):
+    """A `RequestHandle` fed by an HTTP stream; callbacks run on the request's thread."""
+
+    def __init__(self, request_id: str, on_delta, on_finish, on_error) -> None:
+        super().__init__(request_id, None, on_delta, on_finish, on_error)
+        self._lock = threading.Lock()
+        self._socket: socket.socket | None = None
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        """Stop: the connection is shut at once, and the handle finishes with reason "abort"
+        and the text so far."""
+        with self._lock:
+            self.cancelled = True
+            _shut(self._socket)
+
+    def _attach(self, response: httpx.Response) -> None:
+        """Remember the response's socket, so that `cancel` from another thread can wake the
+        blocked read (closing a file descriptor would not)."""
+        stream = response.extensions.get("network_stream")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        with self._lock:
+            self._socket = sock
+            if self.cancelled:
+                _shut(sock)
+
+
+class RemoteEngine:
+    """`RemoteEngine(base_url, api_key, model)`; `model=None` takes the server's first model.
+    `timeout` bounds connecting and each wait for the server (a slow prompt included)."""
+
+    def __init__(self, base_url: str, api_key: str | None = None, model: str | None = None,
+                 timeout: float = 60.0) -> None:
+        self.base_url = normalise_base_url(base_url)
+        self.model = model or None
+        self.timeout = timeout
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.Client(headers=headers, timeout=httpx.Timeout(timeout))
+        self._ids = itertools.count()
+        self._live: dict[str, RemoteHandle] = {}
+        self._lock = threading.Lock()
+        self._last_usage: dict[str, float] = {}
+
+    def __enter__(self) -> RemoteEngine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
+    # ------------------------------------------------------------------ the EngineThread surface
+
+    def wait_ready(self, timeout: float | None = None) -> str:
+        """The model id requests will use (asks the server when none was given). `timeout`
+        is there for `EngineThread`'s signature: the client's own timeout applies."""
+        if self.model is None:
+            models = self.list_models()
+            if not models:
+                raise RemoteError(f"the server at {self.base_url} offers no models")
+            self.model = models[0]
+        return self.model
+
+    def submit(self, prompt: Prompt, params: SamplingParams | None = None, *,
+               on_delta: Callable[[str], None] | None = None,
+               on_finish: Callable[[RequestOutput], None] | None = None,
+               on_error: Callable[[BaseException], None] | None = None) -> RemoteHandle:
+        """Send chat messages (to /chat/completions) or text or token ids (to /completions)."""
+        handle = RemoteHandle(f"remote-{next(self._ids)}", on_delta, on_finish, on_error)
+        with self._lock:
+            self._live[handle.request_id] = handle
+        threading.Thread(target=self._run, args=(handle, prompt, params or SamplingParams()),
+                         name=f"folio-{handle.request_id}", daemon=True).start()
+        return handle
+
+    def describe(self) -> str:
+        """For the status bar, as "model on device" is for the local engine."""
+        return f"{self.model or 'default model'} at {self.base_url}"
+
+    def stats(self) -> dict[str, float]:
+        """The last answer's token counts, as the server reported them ({} before any)."""
+        return dict(self._last_usage)
+
+    def shutdown(self, timeout: float | None = 10.0) -> None:
+        with self._lock:
+            live = list(self._live.values())
+        for handle in live:
+            handle.cancel()
+        for handle in live:
+            handle._done.wait(timeout)
+        self._client.close()
+
+    # ------------------------------------------------------------------ connection check
+
+    def list_models(self) -> list[str]:
+        url = f"{self.base_url}/models"
+        try:
+            response = self._client.get(url)
+        except httpx.HTTPError as e:
+            raise self._user_error(e) or e
+        if response.status_code == 404:
+            raise RemoteError(f"no OpenAI-compatible API at {self.base_url} (GET /models: 404); "
+                              f"the URL usually ends in /v1", 404)
+        if response.status_code != 200:
+            raise _status_error(response)
+        try:
+            return [m["id"] for m in response.json()["data"]]
+        except (ValueError, KeyError, TypeError) as e:
+            raise RemoteError(f"{self.base_url} did not answer like an OpenAI-compatible server") from e
+
+    def test_connection(self) -> str:
+        """A line for the settings page on success; a `RemoteError` saying what is wrong."""
+        models = self.list_models()
+        if self.model is not None and self.model not in models:
+            offered = ", ".join(models) or "none"
+            raise RemoteError(f"connected, but {self.base_url} has no model {self.model!r}; it offers: {offered}")
+        model = self.model or (models[0] if models else None)
+        if model is None:
+            raise RemoteError(f"connected, but {self.base_url} offers no models")
+        return f"Connected to {self.base_url}: {model} ({len(models)} model{'s' * (len(models) != 1)} offered)"
+
+    # ------------------------------------------------------------------ one request, in its thread
+
+    def _run(self, handle: RemoteHandle, prompt: Prompt, params: SamplingParams) -> None:
+        stream = _Stream(arrival_time=time.perf_counter())
+        try:
+            path, body = self._request(prompt, params)
+            with self._client.stream("POST", f"{self.base_url}{path}", json=body) as response:
+                handle._attach(response)
+                if response.status_code != 200:
+                    response.read()
+                    raise _status_error(response)
+                stream.read(_sse_data(response.iter_lines()), handle)
+            if not stream.complete and not handle.cancelled:
+                raise RemoteError(f"{self.base_url} closed the stream before the answer was complete")
+        except Exception as e:
+            if not handle.cancelled:
+                self._forget(handle)
+                handle._fail(e if isinstance(e, RemoteError) else self._user_error(e) or e)
+                return
+        self._forget(handle)
+        cut = handle.cancelled and not stream.complete
+        output = stream.output(handle.request_id, prompt, "abort" if cut else None)
+        if stream.usage:
+            self._last_usage = stream.usage
+        handle._finish(output)
+
+    def _request(self, prompt: Prompt, params: SamplingParams) -> tuple[str, dict]:
+        if params.n != 1:
+            raise RemoteError("a remote chat takes one sample per request (n=1)")
+        body: dict = {"model": self.wait_ready(), "stream": True, "stream_options": {"include_usage": True},
+                      "max_tokens": params.max_tokens, "temperature": params.temperature, "top_p": params.top_p}
+        if params.seed is not None:
+            body["seed"] = params.seed
+        if params.stop:
+            body["stop"] = list(params.stop)
+        # Not OpenAI's, but vLLM's and llama.cpp's: sent only when asked for, since OpenAI
+        # itself refuses fields it does not know.
+        for name, default in (("top_k", 0), ("min_p", 0.0), ("repetition_penalty", 1.0), ("ignore_eos", False)):
+            if getattr(params, name) != default:
+                body[name] = getattr(params, name)
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], dict):
+            return "/chat/completions", {**body, "messages": prompt}
+        return "/completions", {**body, "prompt": prompt}
+
+    def _forget(self, handle: RemoteHandle) -> None:
+        with self._lock:
+            self._live.pop(handle.request_id, None)
+
+    def _user_error(self, error: Exception) -> RemoteError | None:
+        """The message for a failure the user can fix (URL, network, server); None for a bug."""
+        if isinstance(error, httpx.TimeoutException):
+            return RemoteError(f"no answer from {self.base_url} within {self.timeout:g} s")
+        if isinstance(error, httpx.ConnectError):
+            return RemoteError(f"cannot connect to {self.base_url}: {_reason(error)}")
+        if isinstance(error, httpx.UnsupportedProtocol | httpx.InvalidURL):
+            return RemoteError(f"{self.base_url} is not a valid server URL ({error})")
+        if isinstance(error, httpx.TransportError):
+            return RemoteError(f"the connection to {self.base_url} broke: {_reason(error)}")
+        if isinstance(error, json.JSONDecodeError):
+            return RemoteError(f"{self.base_url} did not answer like an OpenAI-compatible server")
+        return None
+
+
+class _Stream:
+    """What one streamed answer has brought so far."""
+
+    def __init__(self, arrival_time: float) -> None:
+        self.arrival_time = arrival_time
+        self.first_token_time: float | None = None
+        self.pieces: list[str] = []
+        self.finish_reason: str | None = None
+        self.usage: dict[str, float] = {}
+        self.complete = False
+
+    def read(self, events: Iterable[str], handle: RemoteHandle) -> None:
+        for data in events:
+            if handle.cancelled:
+                return
+            if data == "[DONE]":
+                self.complete = True
+                return
+            chunk = json.loads(data)
+            if chunk.get("error"):
+                raise RemoteError(f"the server failed: {_error_message(chunk)}")
+            for choice in chunk.get("choices") or []:
+                text = (choice.get("delta") or {}).get("content") if "delta" in choice else choice.get("text")
+                if text:
+                    if self.first_token_time is None:
+                        self.first_token_time = time.perf_counter()
+                    self.pieces.append(text)
+                    handle._delta(text)
+                self.finish_reason = choice.get("finish_reason") or self.finish_reason
+            if usage := chunk.get("usage"):
+                self.usage = {
+                    "prompt_tokens": usage.get("prompt_tokens") or 0,
+                    "cached_tokens": (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0,
+                    "completion_tokens": usage.get("completion_tokens") or 0,
+                }
+        # Some servers end without [DONE]; a finish reason says the answer is whole.
+        self.complete = self.finish_reason is not None
+
+    def output(self, request_id: str, prompt: Prompt, finish_reason: str | None) -> RequestOutput:
+        """Token counts come from the server's usage; without it (a cancelled stream) each
+        streamed piece counts as one token, which is what servers send."""
+        text = "".join(self.pieces)
+        metrics = RequestMetrics(
+            num_prompt_tokens=int(self.usage.get("prompt_tokens", 0)),
+            num_cached_tokens=int(self.usage.get("cached_tokens", 0)),
+            num_generated_tokens=int(self.usage.get("completion_tokens", len(self.pieces))),
+            arrival_time=self.arrival_time, first_token_time=self.first_token_time,
+            finish_time=time.perf_counter())
+        prompt_ids = list(prompt) if isinstance(prompt, list) and prompt and isinstance(prompt[0], int) else []
+        completion = CompletionOutput(0, text, [], finish_reason or self.finish_reason or "stop")
+        return RequestOutput(request_id, prompt_ids, [completion], True, metrics)
+
+
+def test_connection(base_url: str, api_key: str | None = None, model: str | None = None,
+                    timeout: float = 10.0) -> str:
+    """The settings page's "Test connection" button: a success line, or a `RemoteError`."""
+    with RemoteEngine(base_url, api_key, model, timeout) as remote:
+        return remote.test_connection()
+
+
+def _sse_data(lines: Iterator[str]) -> Iterator[str]:
+    """The data of each server-sent event (several data lines join with newlines)."""
+    data: list[str] = []
+    for line in lines:
+        if not line:
+            if data:
+                yield "\n".join(data)
+                data = []
+        elif line.startswith("data:"):
+            data.append(line[5:].removeprefix(" "))
+    if data:
+        yield "\n".join(data)
+
+
+def _status_error(response: httpx.Response) -> RemoteError:
+    status = response.status_code
+    try:
+        message = _error_message(response.json())
+    except ValueError:
+        message = response.text.strip()[:200] or response.reason_phrase
+    if status in (401, 403):
+        return RemoteError(f"the server refused the API key ({status}): {message}", status)
+    return RemoteError(f"the server answered {status}: {message}", status)
+
+
+def _error_message(body) -> str:
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict):
+        return str(error.get("message") or error)
+    if error:
+        return str(error)
+    return str(body.get("detail", body)) if isinstance(body, dict) else str(body)
+
+
+def _reason(error: Exception) -> str:
+    """The innermost OS reason ("Connection refused") rather than httpx's wrapping."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.strerror:
+            return cause.strerror.lower()
+        cause = cause.__cause__ or cause.__context__
+    return str(error) or type(error).__name__
+
+
+def _shut(sock: socket.socket | None) -> None:
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:  # already closed
+            pass
