@@ -35,12 +35,16 @@ class Hit:
 
 
 def fuse(rankings: list[list[int]]) -> list[tuple[int, float]]:
-    """Reciprocal-rank fusion of best-first id lists, best first (ties broken by id)."""
+    """Reciprocal-rank fusion of best-first id lists, best first. A tie (one chunk first in one
+    list, another first in the other) goes to the better single rank, then to the earlier list,
+    not to whichever chunk happened to be stored first."""
     scores: dict[int, float] = {}
-    for ranking in rankings:
+    best: dict[int, tuple[int, int]] = {}
+    for which, ranking in enumerate(rankings):
         for rank, chunk_id in enumerate(ranking):
             scores[chunk_id] = scores.get(chunk_id, 0.0) + 1.0 / (RRF_K + rank + 1)
-    return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
+            best[chunk_id] = min(best.get(chunk_id, (rank, which)), (rank, which))
+    return sorted(scores.items(), key=lambda kv: (-kv[1], best[kv[0]], kv[0]))
 
 
 def search(store: Store, embed: Callable[[list[str]], np.ndarray], query: str, k: int,
@@ -53,7 +57,7 @@ def search(store: Store, embed: Callable[[list[str]], np.ndarray], query: str, k
     dense = store.nearest(embed([query])[0], n, doc_ids) if mode != "keyword" else []
     keyword = store.keyword(query, n, doc_ids) if mode != "dense" else []
     if mode == "hybrid":
-        ranked = fuse([[i for i, _ in dense], [i for i, _ in keyword]])
+        ranked = fuse([[i for i, _ in keyword], [i for i, _ in dense]])  # keyword is the stronger alone
     else:
         ranked = dense or keyword
     chunks = store.chunks([i for i, _ in ranked])

@@ -161,21 +161,23 @@ class Store:
 
     # ------------------------------------------------------------------ writes
 
-    def begin_document(self, info: DocumentInfo, text: str, sections: list[dict], chunks: list[Chunk]) -> list[int]:
-        """Write the document as "indexing" with its chunks; returns the chunk ids for the vectors."""
+    def begin_document(self, info: DocumentInfo, text: str, sections: list[dict], chunks: list[Chunk],
+                       search_texts: list[str]) -> list[int]:
+        """Write the document as "indexing" with its chunks (`search_texts` are what keyword search
+        indexes for each); returns the chunk ids for the vectors."""
         with self._lock, self._transaction():
             self._db.execute(
                 "INSERT INTO documents VALUES (?,?,?,?,?,?,?,?,?,'indexing',?,?)",
                 (info.doc_id, str(info.source), info.title, info.kind, info.num_pages, info.num_chunks,
                  info.num_tokens, info.content_hash, info.added_at, text, json.dumps(sections)))
             ids = []
-            for c in chunks:
+            for c, search_text in zip(chunks, search_texts, strict=True):
                 cur = self._db.execute(
                     "INSERT INTO chunks (doc_id, chunk_index, text, start, end, page, section, num_tokens) "
                     "VALUES (?,?,?,?,?,?,?,?)",
                     (info.doc_id, c.index, c.text, c.start, c.end, c.page, c.section, c.num_tokens))
                 ids.append(cur.lastrowid)
-                self._db.execute("INSERT INTO chunk_terms (rowid, text) VALUES (?, ?)", (cur.lastrowid, c.text))
+                self._db.execute("INSERT INTO chunk_terms (rowid, text) VALUES (?, ?)", (cur.lastrowid, search_text))
             return ids
 
     def add_vectors(self, doc_id: str, chunk_ids: list[int], vectors: np.ndarray) -> None:

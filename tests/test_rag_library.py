@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from conftest import PASSAGE
-from doc_fixtures import make_docx, make_encrypted_pdf, make_pdf
+from doc_fixtures import make_docx, make_encrypted_pdf, make_html, make_pdf
 from rag import Library
 from rag_checks import check_consistent
 
@@ -167,3 +167,20 @@ def test_reopening_keeps_the_library(tmp_path, embedder):
         assert [d.source for d in lib.documents()] == [doc]
         assert lib.search("harvest festival story", k=1)[0].source == doc
         check_consistent(lib)
+
+
+def test_fusion_ranks_agreement_first_and_breaks_ties_by_rank_not_storage_order():
+    from rag.retrieve import fuse
+    assert [i for i, _ in fuse([[4, 8, 9], [9, 1]])] == [9, 4, 8, 1]  # in both lists beats first in one
+    assert [i for i, _ in fuse([[9], [2]])] == [9, 2]  # equal scores: the earlier list wins, not the lower id
+    assert [i for i, _ in fuse([[3, 9], [2]])] == [3, 2, 9]
+
+
+def test_chunks_are_found_by_their_document_title(library, tmp_path):
+    """A passage that never names its subject is still found through the title it sits under."""
+    doc = tmp_path / "manual.html"
+    make_html(doc, "<p>Hold the button for three seconds to descale it.</p>", title="Zephyr kettle manual")
+    other = write(tmp_path / "aurora.txt", "Descale the Aurora coffee machine monthly.")
+    library.add([doc, other])
+    hit = library.search("how do I descale the Zephyr", k=1, mode="keyword")[0]
+    assert hit.text == "Hold the button for three seconds to descale it."  # shown without the heading
