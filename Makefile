@@ -1,4 +1,4 @@
-# `make run` and `make test` set everything up from nothing: a venv, torch (the CPU build where
+# `make run` (the desktop app) and `make test` set everything up from nothing: a venv, torch (the CPU build where
 # there is no CUDA), the project with its test extras, and the bundled model.
 PYTHON ?= python3
 VENV := .venv
@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/folio chat
+	$(BIN)/folio
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -27,6 +27,7 @@ EXIT_OK = 0
 EXIT_USAGE = 2  # bad arguments (argparse's code) and a model that cannot be loaded
 EXIT_INTERRUPTED = 130  # Ctrl+C while the model was still loading
 
+SUBCOMMANDS = ("chat", "index", "ask", "serve")
 PROMPT = "> "
 CHAT_COMMANDS = {
     "/reset": "forget the conversation (the system prompt stays)",
@@ -43,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="folio",
         description="Folio: offline chat with local language models and your documents.",
+        epilog="Without a command, folio opens the desktop app: folio [--data-dir DIR] [--model PATH] "
+               "[--theme light|dark] [FILE...] (the files are added to the library).",
     )
     parser.add_argument("--self-test", action="store_true",
                         help="check the installation headless (load the model, answer, index, search) and exit")
@@ -84,16 +87,22 @@ def _add_serve_parser(sub) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """`folio COMMAND ...` runs a command; `folio [--data-dir DIR] [FILE...]` (what a double-click
+    or "Open With" runs) opens the desktop app, indexing the files given."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    if not argv or argv[0] not in {*SUBCOMMANDS, "-h", "--help", "--self-test"}:
+        from app.main import run_gui
+        return run_gui(argv)
     args = parser.parse_args(argv)
     if args.self_test:
         from app.self_test import run
         return run()
     func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
-    if func is None:  # `folio` alone: the GUI will open here; for now, the help
+    if func is None:
         parser.print_help()
-        return EXIT_OK
+        return EXIT_USAGE
     try:
         return func(args)
     except KeyboardInterrupt:  # a Ctrl+C nothing else expected: quit without a traceback

@@ -8,6 +8,7 @@ handle; nothing is swallowed.
 from __future__ import annotations
 
 import itertools
+import logging
 import queue
 import threading
 import time
@@ -19,6 +20,7 @@ from engine.llm_engine import LLMEngine
 from engine.outputs import RequestOutput
 from engine.sampling_params import SamplingParams
 
+log = logging.getLogger(__name__)
 Prompt = str | list[int] | list[dict]
 _DONE = object()
 
@@ -77,7 +79,10 @@ class RequestHandle:
         self._done.set()
         self._events.put(_DONE)
         if self._on_error:
-            self._on_error(error)
+            try:
+                self._on_error(error)
+            except Exception:  # the error is on the handle already; only the engine must go on
+                log.exception("the on_error callback of %s failed", self.request_id)
 
 
 @dataclass

@@ -6,6 +6,7 @@ import io
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from app.cli import ChatSession, build_parser, format_stat_line, format_stats, main
+from app.cli import SUBCOMMANDS, ChatSession, build_parser, format_stat_line, format_stats, main
 
 ROOT = Path(__file__).resolve().parents[1]
 STAT_RE = re.compile(r"\[(cancelled · )?TTFT (?:[\d.]+ s|-) · (?:[\d.]+|-) tok/s · (\d+) tokens · "
@@ -111,10 +112,40 @@ def chat_process():
 
 # ---------------------------------------------------------------------------------- no model
 
-def test_no_subcommand_prints_help(capsys):
-    assert main([]) == 0
+def test_help_lists_every_command_and_the_app(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
     out = capsys.readouterr().out
-    assert "usage: folio" in out and "chat" in out
+    assert all(f"    {name}" in out for name in SUBCOMMANDS) and "opens the desktop app" in out
+    assert set(build_parser().parse_args(["serve"]).__dict__) >= {"host", "port", "api_key"}
+
+
+def test_folio_without_a_command_opens_the_app_and_indexes_files_given(tmp_path):
+    """What a double-click or "Open With" runs: the window opens, the file goes into the library,
+    and a SIGTERM closes the window the normal way."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("The ferry leaves at noon.", encoding="utf-8")
+    data = tmp_path / "data"
+    env = _env(QT_QPA_PLATFORM="offscreen")
+    app = subprocess.Popen([sys.executable, "-m", "app.cli", "--data-dir", str(data), str(notes)], env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    catalog = data / "library" / "catalog.sqlite3"
+    deadline = time.monotonic() + 240
+    sources: list = []
+    while time.monotonic() < deadline and app.poll() is None and not sources:
+        time.sleep(0.5)
+        if catalog.exists():
+            with sqlite3.connect(catalog) as db:
+                try:
+                    sources = db.execute("SELECT source FROM documents WHERE state='ready'").fetchall()
+                except sqlite3.OperationalError:  # the schema is still being created
+                    pass
+    assert app.poll() is None, app.stdout.read()
+    app.send_signal(signal.SIGTERM)
+    assert app.wait(60) == 0
+    assert sources == [(str(notes),)]
+    assert "starting; data dir" in (data / "folio.log").read_text()
 
 
 def test_parser_has_room_for_more_subcommands():

@@ -189,7 +189,11 @@ def test_stats_are_fresh_once_idle(engine_thread):
 def test_a_failing_callback_stops_its_request_not_the_engine(engine_thread):
     def explode(_delta):
         raise RuntimeError("callback bug")
-    bad = engine_thread.submit("Tell me a story.", SamplingParams(max_tokens=20, ignore_eos=True), on_delta=explode)
+
+    def explode_again(_error):
+        raise RuntimeError("the error callback fails too")
+    bad = engine_thread.submit("Tell me a story.", SamplingParams(max_tokens=20, ignore_eos=True), on_delta=explode,
+                               on_error=explode_again)
     with pytest.raises(RuntimeError, match="callback bug"):
         bad.result(30)
     good = engine_thread.submit("Hello", SamplingParams(max_tokens=4, ignore_eos=True)).result(30)

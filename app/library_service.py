@@ -1,0 +1,276 @@
+"""The document library, off the GUI thread: indexing on one worker, questions on another.
+
+`Library.add` (reading, chunking, embedding: seconds to minutes) runs on the indexing worker, one
+file per call so every file has its own progress, its own cancel flag and its own error. Prompt
+building (which embeds the question and searches) and small reads run on the query worker, so a
+question never waits behind a long indexing job. The library's store and embedder are
+thread-safe, so both workers share one `Library`.
+
+Workers report through private signals connected with `Qt.QueuedConnection`; the public signals
+and the callbacks given to `build_prompt`/`passage` always fire in the GUI thread.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from PySide6.QtCore import QObject, Qt, Signal
+
+log = logging.getLogger(__name__)
+
+QUEUED, READING, EMBEDDING = "queued", "reading", "embedding"
+KEPT = ("added", "updated", "unchanged", "duplicate")  # outcomes that leave the file in the library
+FAILED, CANCELLED = "failed", "cancelled"
+
+
+@dataclass(frozen=True)
+class FileJob:
+    """One file's indexing, as the library panel shows it."""
+
+    id: int
+    path: Path
+    state: str = QUEUED     # queued, reading, embedding, then one of KEPT, failed or cancelled
+    fraction: float = 0.0   # of this file
+    error: str | None = None
+    doc_id: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.state in KEPT or self.state in (FAILED, CANCELLED)
+
+
+@dataclass(frozen=True)
+class PromptRequest:
+    question: str
+    history: list[dict]
+    pinned_doc_ids: list[str]
+    search: bool
+    system: str | None        # None: rag's default system prompt
+    max_context_tokens: int = 6000
+
+
+class _Worker:
+    """A thread running posted callables in order."""
+
+    def __init__(self, name: str) -> None:
+        self._jobs: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def post(self, job: Callable[[], None]) -> None:
+        self._jobs.put(job)
+
+    def stop(self, timeout: float) -> None:
+        self._jobs.put(None)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            try:
+                job()
+            except Exception:  # a bug in one job must not kill the worker
+                log.exception("library job failed")
+
+
+class LibraryService(QObject):
+    opened = Signal()
+    openFailed = Signal(str)
+    documentsChanged = Signal(object)  # list[DocumentInfo]
+    jobChanged = Signal(object)        # FileJob (a snapshot)
+
+    _fromWorker = Signal(str, object)  # kind, payload
+
+    def __init__(self, folder: Path, embedder=None, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.folder = folder
+        self.library = None            # set on the query worker once open; read-only elsewhere
+        self.error: str | None = None
+        self.documents: list = []      # the latest list, as the GUI last heard it
+        self._ready = threading.Event()
+        self._cancels: dict[int, threading.Event] = {}
+        self._cancels_lock = threading.Lock()
+        self._job_ids = itertools.count(1)
+        self._keys = itertools.count(1)
+        self._callbacks: dict[int, Callable] = {}
+        self._fromWorker.connect(self._dispatch, Qt.ConnectionType.QueuedConnection)
+        self._query = _Worker("folio-library-query")
+        self._indexer = _Worker("folio-indexing")
+        self._query.post(lambda: self._open(embedder))
+
+    # ------------------------------------------------------------------ GUI-thread API
+
+    def index(self, paths: list[Path], on_done: Callable[[list[str]], None] | None = None) -> None:
+        """Add files and folders; `on_done(doc_ids)` gets the ids of the files now in the library."""
+        key = self._remember(on_done)
+        self._indexer.post(lambda: self._index(list(paths), key))
+
+    def cancel(self, job_id: int) -> None:
+        with self._cancels_lock:
+            flag = self._cancels.get(job_id)
+        if flag is not None:
+            flag.set()
+
+    def cancel_all(self) -> None:
+        with self._cancels_lock:
+            flags = list(self._cancels.values())
+        for flag in flags:
+            flag.set()
+
+    def remove(self, doc_id: str) -> None:
+        self._query.post(lambda: self._remove(doc_id))
+
+    def build_prompt(self, request: PromptRequest, on_done: Callable[[object, str | None], None]) -> int:
+        """`on_done(prompt, error)` later, in the GUI thread; returns a key for `forget`."""
+        key = self._remember(on_done)
+        self._query.post(lambda: self._build_prompt(request, key))
+        return key
+
+    def passage(self, doc_id: str, start: int, end: int, on_done: Callable[[str | None], None]) -> None:
+        """The text of [start, end) of a document, or None if it left the library."""
+        key = self._remember(on_done)
+        self._query.post(lambda: self._passage(doc_id, start, end, key))
+
+    def forget(self, key: int) -> None:
+        """Drop a pending callback (its chat was closed or stopped)."""
+        self._callbacks.pop(key, None)
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        self.cancel_all()
+        self._indexer.stop(timeout)
+        self._query.stop(timeout)
+        if self.library is not None:
+            self.library.close()
+            self.library = None
+
+    def _remember(self, callback: Callable | None) -> int:
+        key = next(self._keys)
+        if callback is not None:
+            self._callbacks[key] = callback
+        return key
+
+    def _dispatch(self, kind: str, payload) -> None:
+        if kind == "opened":
+            self.opened.emit()
+        elif kind == "open_failed":
+            self.error = payload
+            self.openFailed.emit(payload)
+        elif kind == "documents":
+            self.documents = payload
+            self.documentsChanged.emit(payload)
+        elif kind == "job":
+            self.jobChanged.emit(payload)
+        elif kind == "callback":
+            key, args = payload
+            callback = self._callbacks.pop(key, None)
+            if callback is not None:
+                callback(*args)
+
+    def _post(self, kind: str, payload) -> None:  # worker side
+        try:
+            self._fromWorker.emit(kind, payload)
+        except RuntimeError:  # the service is gone (its window closed): nobody is listening
+            pass
+
+    def _call_back(self, key: int, *args) -> None:  # worker side
+        self._post("callback", (key, args))
+
+    # ------------------------------------------------------------------ query worker
+
+    def _open(self, embedder) -> None:
+        try:
+            from rag import Library
+            self.library = Library(self.folder, embedder=embedder) if embedder else Library(self.folder)
+        except Exception as e:  # a damaged library must not stop chatting
+            log.exception("opening the library failed")
+            self._ready.set()
+            self._post("open_failed", f"The document library at {self.folder} cannot be opened: {e}")
+            return
+        self._ready.set()
+        self._post("opened", None)
+        self._post("documents", self.library.documents())
+        try:
+            self.library.embedder.count_tokens("warm up")  # loads MiniLM now, not on the first question
+        except Exception:
+            log.exception("loading the embedding model failed")
+
+    def _build_prompt(self, request: PromptRequest, key: int) -> None:
+        from rag import DEFAULT_SYSTEM_PROMPT, build_prompt
+        system = DEFAULT_SYSTEM_PROMPT if request.system is None else request.system
+        try:
+            prompt = build_prompt(request.question, request.history, library=self.library,
+                                  pinned_doc_ids=request.pinned_doc_ids, search=request.search,
+                                  system=system, max_context_tokens=request.max_context_tokens)
+        except Exception as e:
+            log.exception("building the prompt failed")
+            self._call_back(key, None, f"Searching the library failed: {e}")
+            return
+        self._call_back(key, prompt, None)
+
+    def _passage(self, doc_id: str, start: int, end: int, key: int) -> None:
+        text = None
+        if self.library is not None:
+            try:
+                text = self.library.document_text(doc_id)[0][start:end]
+            except KeyError:
+                pass
+        self._call_back(key, text)
+
+    def _remove(self, doc_id: str) -> None:
+        if self.library is None:
+            return
+        try:
+            self.library.remove(doc_id)
+        except KeyError:
+            pass
+        self._post("documents", self.library.documents())
+
+    # ------------------------------------------------------------------ indexing worker
+
+    def _index(self, paths: list[Path], key: int) -> None:
+        self._ready.wait()
+        from rag.library import expand
+        jobs = [FileJob(next(self._job_ids), p) for p in expand(paths)]
+        flags = {job.id: threading.Event() for job in jobs}
+        with self._cancels_lock:
+            self._cancels.update(flags)
+        for job in jobs:
+            self._post("job", job)
+        kept: list[str] = []
+        for job in jobs:
+            job = self._index_file(job, flags[job.id])
+            if job.doc_id and job.state in KEPT:
+                kept.append(job.doc_id)
+            with self._cancels_lock:
+                self._cancels.pop(job.id, None)
+        self._call_back(key, kept)
+
+    def _index_file(self, job: FileJob, cancel: threading.Event) -> FileJob:
+        if self.library is None:
+            job = replace(job, state=FAILED, error=self.error or "the document library is not open", fraction=1.0)
+        elif cancel.is_set():
+            job = replace(job, state=CANCELLED, fraction=1.0)
+        else:
+            def progress(p) -> None:
+                if p.stage in (READING, EMBEDDING):
+                    self._post("job", replace(job, state=p.stage, fraction=_overall(p.stage, p.fraction)))
+
+            try:
+                result = self.library.add([job.path], progress=progress, cancel=cancel).results[0]
+                job = replace(job, state=result.status, error=result.error, doc_id=result.doc_id, fraction=1.0)
+            except Exception as e:  # a bug or a full disk: this file fails, the others go on
+                log.exception("indexing %s failed", job.path)
+                job = replace(job, state=FAILED, error=f"{job.path.name}: {e}", fraction=1.0)
+        self._post("job", job)
+        if job.state in ("added", "updated"):
+            self._post("documents", self.library.documents())
+        return job
+
+
+def _overall(stage: str, fraction: float) -> float:
+    """Reading is quick next to embedding: give it the first tenth of the bar."""
+    return 0.1 * fraction if stage == READING else 0.1 + 0.9 * fraction

@@ -1,0 +1,139 @@
+"""The user's settings: one dataclass, saved as JSON in the data dir, and the prompt presets.
+
+A JSON file (not QSettings) keeps the settings next to the chats they belong to, so a different
+`--data-dir` is a fully separate profile. Values that fail validation fall back to their default
+with a warning in the log: a hand-edited file must never stop Folio from starting.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, fields, replace
+from importlib import resources
+from pathlib import Path
+
+from app.paths import settings_path
+
+log = logging.getLogger(__name__)
+
+MODEL_SOURCES = ("bundled", "folder", "gguf")
+DEVICES = ("auto", "cuda", "cpu")
+THEMES = ("light", "dark")
+DEFAULT_PRESET = "Folio default"
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    text: str | None  # None: the document-aware default of rag.context
+
+
+@dataclass(frozen=True)
+class Settings:
+    model_source: str = "bundled"
+    model_path: str = ""
+    device: str = "auto"
+    max_model_len: int = 0            # 0: as long as the model allows
+    kv_memory_fraction: float = 0.85
+    temperature: float = 0.7
+    top_p: float = 0.9
+    max_tokens: int = 512
+    system_preset: str = DEFAULT_PRESET
+    system_prompt: str | None = None  # the preset's text, possibly edited; None: rag's default
+    theme: str = "light"
+
+    def problems(self) -> list[str]:
+        """What is wrong with these values, in words a user can act on."""
+        problems = [message for name, (ok, message) in _CHECKS.items() if not ok(getattr(self, name))]
+        if self.model_source != "bundled" and not self.model_path.strip():
+            problems.append("choose a model folder or GGUF file")
+        return problems
+
+    def model_arg(self) -> str | None:
+        """What `EngineThread(model, ...)` takes: None for the bundled model."""
+        return None if self.model_source == "bundled" else self.model_path.strip()
+
+    def engine_config(self) -> dict:
+        """Keyword arguments for `EngineThread` (EngineConfig fields)."""
+        config: dict = {"device": self.device, "kv_memory_fraction": self.kv_memory_fraction}
+        if self.max_model_len:
+            config["max_model_len"] = self.max_model_len
+        return config
+
+    def engine_key(self) -> tuple:
+        """Settings that need a new engine when they change."""
+        return (self.model_arg(), tuple(sorted(self.engine_config().items())))
+
+    def model_label(self) -> str:
+        if self.model_source == "bundled":
+            return "SmolLM2 (bundled)"
+        return Path(self.model_path).name or self.model_path
+
+    def sampling_kwargs(self) -> dict:
+        """`SamplingParams` keyword arguments; the bridge builds the object once the engine (and
+        torch) is loaded, so the GUI thread never imports torch."""
+        return {"max_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p}
+
+
+_CHECKS = {
+    "model_source": (lambda v: v in MODEL_SOURCES, f"model source must be one of {', '.join(MODEL_SOURCES)}"),
+    "device": (lambda v: v in DEVICES, f"device must be one of {', '.join(DEVICES)}"),
+    "max_model_len": (lambda v: v >= 0, "context length must be >= 0"),
+    "kv_memory_fraction": (lambda v: 0.0 < v <= 1.0, "KV memory fraction must be in (0, 1]"),
+    "temperature": (lambda v: v >= 0.0, "temperature must be >= 0"),
+    "top_p": (lambda v: 0.0 < v <= 1.0, "top-p must be in (0, 1]"),
+    "max_tokens": (lambda v: v >= 1, "max tokens must be >= 1"),
+    "theme": (lambda v: v in THEMES, f"theme must be one of {', '.join(THEMES)}"),
+}
+
+
+def load_settings(data_dir: Path) -> Settings:
+    path = settings_path(data_dir)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return Settings()
+    except (OSError, ValueError) as e:
+        log.warning("ignoring unreadable settings file %s: %s", path, e)
+        return Settings()
+    if not isinstance(raw, dict):
+        log.warning("ignoring settings file %s: not a JSON object", path)
+        return Settings()
+    defaults = Settings()
+    values = {}
+    for f in fields(Settings):
+        if f.name not in raw:
+            continue
+        check = _CHECKS.get(f.name, (lambda v: True, ""))[0]
+        if _same_type(raw[f.name], getattr(defaults, f.name)) and check(raw[f.name]):
+            default = getattr(defaults, f.name)
+            values[f.name] = float(raw[f.name]) if isinstance(default, float) else raw[f.name]
+        else:
+            log.warning("settings: ignoring bad value %s=%r", f.name, raw[f.name])
+    settings = replace(defaults, **values)
+    if settings.problems():  # e.g. a folder source saved without its path
+        log.warning("settings: %s; using the defaults", "; ".join(settings.problems()))
+        return defaults
+    return settings
+
+
+def save_settings(data_dir: Path, settings: Settings) -> None:
+    path = settings_path(data_dir)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(asdict(settings), indent=2), encoding="utf-8")
+    tmp.replace(path)  # atomic: a crash leaves the old file or the new one, never half of one
+
+
+def load_presets() -> list[Preset]:
+    raw = json.loads(resources.files("resources").joinpath("prompts.json").read_text(encoding="utf-8"))
+    return [Preset(p["name"], p["text"]) for p in raw["presets"]]
+
+
+def _same_type(value, default) -> bool:
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if default is None:
+        return value is None or isinstance(value, str)
+    return isinstance(value, type(default)) and not isinstance(value, bool)

@@ -1,0 +1,88 @@
+"""Fixtures and helpers for the desktop-app tests: one engine for the whole run, a fresh data dir
+per window, and small synchronous helpers that drive the real widgets."""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt, QUrl
+from PySide6.QtGui import QDragEnterEvent, QDropEvent
+from PySide6.QtWidgets import QApplication
+
+from app.engine_bridge import READY
+from app.main_window import MainWindow
+from app.settings import Settings
+
+ANSWER_TIMEOUT_MS = 120_000
+TEST_SETTINGS = Settings(temperature=0.0, max_tokens=16)
+KV_BLOCKS = 256  # 4096 tokens: enough for every test, small enough to allocate quickly
+
+_engine = None
+
+
+@pytest.fixture
+def shared_engine():
+    """One EngineThread for every app test in the run (loading the model takes seconds); each
+    window adopts it and never shuts it down."""
+    global _engine
+    if _engine is None:
+        from engine import EngineThread
+        _engine = EngineThread(None, num_kv_blocks=KV_BLOCKS)
+        _engine.wait_ready()
+    return _engine
+
+
+@pytest.fixture
+def make_window(qtbot, tmp_path, shared_engine, embedder):
+    """`make_window(data_dir=None, settings=None, engine=shared)`: a shown MainWindow whose
+    engine is ready (unless `wait=False`); closed at the end of the test."""
+
+    def make(data_dir: Path | None = None, settings: Settings = TEST_SETTINGS, engine=shared_engine,
+             wait: bool = True) -> MainWindow:
+        window = MainWindow(data_dir or tmp_path / "data", settings, engine=engine, embedder=embedder)
+        qtbot.addWidget(window)
+        window.show()
+        if wait:
+            qtbot.waitUntil(lambda: window.bridge.state == READY, timeout=ANSWER_TIMEOUT_MS)
+            qtbot.waitUntil(lambda: window.library.library is not None, timeout=ANSWER_TIMEOUT_MS)
+        return window
+
+    return make
+
+
+def settings(**changes) -> Settings:
+    return replace(TEST_SETTINGS, **changes)
+
+
+def type_and_send(qtbot, view, text: str) -> None:
+    """Type into the chat's box and press Enter, as a person would."""
+    view.composer.setFocus()
+    view.composer.clear()
+    qtbot.keyClicks(view.composer, text)
+    qtbot.keyClick(view.composer, Qt.Key.Key_Return)
+
+
+def wait_answer(qtbot, view, timeout: int = ANSWER_TIMEOUT_MS):
+    qtbot.waitUntil(lambda: not view.session.busy, timeout=timeout)
+    return view.session.model[-1]
+
+
+def drop_files(widget, paths: list[Path]) -> bool:
+    """Drag local files over `widget` and drop them, as the window system would (Qt delivers a
+    drop only to a widget that accepted the drag's entry). True if the drop was accepted."""
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(p)) for p in paths])
+    where = QPoint(widget.width() // 2, widget.height() // 2)
+    args = (Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
+    enter = QDragEnterEvent(where, *args)
+    QApplication.sendEvent(widget, enter)
+    if not enter.isAccepted():
+        return False
+    drop = QDropEvent(QPointF(where), *args)
+    QApplication.sendEvent(widget, drop)
+    return drop.isAccepted()
+
+
+def engine_free_blocks(engine) -> int:
+    return int(engine.stats()["blocks_free"])
