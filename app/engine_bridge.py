@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 from PySide6.QtCore import QObject, Qt, QTimer, Signal
 
+from app import heavy_imports
+
 log = logging.getLogger(__name__)
 
 IDLE, LOADING, READY, FAILED = "idle", "loading", "ready", "failed"
@@ -151,6 +153,7 @@ class EngineBridge(QObject):
     def _load(self, epoch: int, factory: Callable[[], object], owned: bool) -> None:  # loader thread
         engine, error = None, ""
         try:
+            heavy_imports.ensure()  # not while the indexing worker imports the same libraries
             engine = factory()
             engine.wait_ready()
         except BaseException as e:  # shown to the user; the window stays usable

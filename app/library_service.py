@@ -21,6 +21,8 @@ from pathlib import Path
 
 from PySide6.QtCore import QObject, Qt, Signal
 
+from app import heavy_imports
+
 log = logging.getLogger(__name__)
 
 QUEUED, READING, EMBEDDING = "queued", "reading", "embedding"
@@ -199,6 +201,7 @@ class LibraryService(QObject):
             log.exception("loading the embedding model failed")
 
     def _build_prompt(self, request: PromptRequest, key: int) -> None:
+        heavy_imports.ensure()  # the question is embedded: not while the engine imports transformers
         from rag import DEFAULT_SYSTEM_PROMPT, build_prompt
         system = DEFAULT_SYSTEM_PROMPT if request.system is None else request.system
         try:
@@ -241,6 +244,7 @@ class LibraryService(QObject):
         for job in jobs:
             self._post("job", job)
         kept: list[str] = []
+        heavy_imports.ensure()  # embedding loads MiniLM: not while the engine imports transformers
         for job in jobs:
             job = self._index_file(job, flags[job.id])
             if job.doc_id and job.state in KEPT:

@@ -130,12 +130,16 @@ def test_folio_without_a_command_opens_the_app_and_indexes_files_given(tmp_path)
     env = _env(QT_QPA_PLATFORM="offscreen")
     app = subprocess.Popen([sys.executable, "-m", "app.cli", "--data-dir", str(data), str(notes)], env=env,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    catalog = data / "library" / "catalog.sqlite3"
+    catalog, log = data / "library" / "catalog.sqlite3", data / "folio.log"
     deadline = time.monotonic() + 240
     sources: list = []
-    while time.monotonic() < deadline and app.poll() is None and not sources:
+
+    def engine_settled() -> bool:
+        return log.exists() and re.search(r"engine (ready|failed)", log.read_text()) is not None
+
+    while time.monotonic() < deadline and app.poll() is None and not (sources and engine_settled()):
         time.sleep(0.5)
-        if catalog.exists():
+        if catalog.exists() and not sources:
             with sqlite3.connect(catalog) as db:
                 try:
                     sources = db.execute("SELECT source FROM documents WHERE state='ready'").fetchall()
@@ -145,7 +149,8 @@ def test_folio_without_a_command_opens_the_app_and_indexes_files_given(tmp_path)
     app.send_signal(signal.SIGTERM)
     assert app.wait(60) == 0
     assert sources == [(str(notes),)]
-    assert "starting; data dir" in (data / "folio.log").read_text()
+    text = log.read_text()
+    assert "starting; data dir" in text and "engine ready" in text and "Traceback" not in text
 
 
 def test_parser_has_room_for_more_subcommands():
