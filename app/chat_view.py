@@ -6,14 +6,13 @@ rebuilds the chat except when the whole model is reset.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 from PySide6.QtCore import QMimeData, Qt, Signal
 from PySide6.QtGui import QGuiApplication, QKeySequence, QShortcut
 from PySide6.QtWidgets import (QComboBox, QHBoxLayout, QLabel, QMenu, QPlainTextEdit, QPushButton, QScrollArea,
                                QSizePolicy, QToolButton, QVBoxLayout, QWidget)
 
 from app.chat_session import ChatSession
+from app.file_drops import FileDropTarget, local_files
 from app.history import PINNED, SEARCH
 from app.library_service import LibraryService
 from app.message_widget import MessageWidget
@@ -24,14 +23,7 @@ from app.theme import icon
 COMPOSER_MIN_LINES, COMPOSER_MAX_LINES = 2, 8
 
 
-def local_files(mime: QMimeData) -> list[Path]:
-    """The local files and folders in a drag, if any."""
-    if not mime.hasUrls():
-        return []
-    return [Path(url.toLocalFile()) for url in mime.urls() if url.isLocalFile()]
-
-
-class Composer(QPlainTextEdit):
+class Composer(FileDropTarget, QPlainTextEdit):
     """Enter sends, Shift+Enter starts a new line, Tab moves focus on. Dropped files go to the
     library rather than into the text."""
 
@@ -65,25 +57,6 @@ class Composer(QPlainTextEdit):
     def canInsertFromMimeData(self, source: QMimeData) -> bool:
         return not local_files(source) and super().canInsertFromMimeData(source)
 
-    def dragEnterEvent(self, event) -> None:
-        if local_files(event.mimeData()):
-            event.acceptProposedAction()
-        else:
-            super().dragEnterEvent(event)
-
-    def dragMoveEvent(self, event) -> None:
-        if local_files(event.mimeData()):
-            event.acceptProposedAction()
-        else:
-            super().dragMoveEvent(event)
-
-    def dropEvent(self, event) -> None:
-        files = local_files(event.mimeData())
-        if files:
-            event.acceptProposedAction()
-            self.filesDropped.emit(files)
-        else:
-            super().dropEvent(event)
 
 
 class DocumentBar(QWidget):
@@ -151,7 +124,7 @@ class DocumentBar(QWidget):
             action.toggled.connect(lambda on, d=doc.doc_id: self.session.pin([d]) if on else self.session.unpin(d))
 
 
-class ChatView(QWidget):
+class ChatView(FileDropTarget, QWidget):
     filesDropped = Signal(object)  # list[Path], to index and pin into this chat
 
     def __init__(self, session: ChatSession, library: LibraryService, parent: QWidget | None = None) -> None:
@@ -312,19 +285,3 @@ class ChatView(QWidget):
         for i, w in enumerate(self.widgets):
             w.set_last(i == len(self.widgets) - 1)
         self.empty_hint.setVisible(not self.widgets)
-
-    # ------------------------------------------------------------------ drops
-
-    def dragEnterEvent(self, event) -> None:
-        if local_files(event.mimeData()):
-            event.acceptProposedAction()
-
-    def dragMoveEvent(self, event) -> None:
-        if local_files(event.mimeData()):
-            event.acceptProposedAction()
-
-    def dropEvent(self, event) -> None:
-        files = local_files(event.mimeData())
-        if files:
-            event.acceptProposedAction()
-            self.filesDropped.emit(files)

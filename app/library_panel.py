@@ -6,10 +6,10 @@ from pathlib import Path
 
 from PySide6.QtCore import Qt, QUrl, Signal
 from PySide6.QtGui import QDesktopServices
-from PySide6.QtWidgets import (QFileDialog, QFrame, QHBoxLayout, QLabel, QListWidget, QListWidgetItem,
-                               QProgressBar, QPushButton, QSizePolicy, QToolButton, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QFileDialog, QFrame, QHBoxLayout, QLabel, QListWidget, QListWidgetItem, QProgressBar,
+                               QPushButton, QSizePolicy, QToolButton, QVBoxLayout, QWidget)
 
-from app.chat_view import local_files
+from app.file_drops import FileDropTarget
 from app.library_service import CANCELLED, FAILED, FileJob, LibraryService
 from app.theme import icon
 
@@ -79,7 +79,7 @@ class JobRow(QFrame):
             self.library.cancel(self.job.id)
 
 
-class LibraryPanel(QWidget):
+class LibraryPanel(FileDropTarget, QWidget):
     pinRequested = Signal(object)   # list[str] doc ids, for the current chat
     filesDropped = Signal(object)   # list[Path]
 
@@ -219,22 +219,6 @@ class LibraryPanel(QWidget):
         dialog.setFileMode(QFileDialog.FileMode.Directory)
         dialog.fileSelected.connect(lambda folder: self.filesDropped.emit([Path(folder)]))
         dialog.open()
-
-    # ------------------------------------------------------------------ drops
-
-    def dragEnterEvent(self, event) -> None:
-        if local_files(event.mimeData()):
-            event.acceptProposedAction()
-
-    def dragMoveEvent(self, event) -> None:
-        if local_files(event.mimeData()):
-            event.acceptProposedAction()
-
-    def dropEvent(self, event) -> None:
-        files = local_files(event.mimeData())
-        if files:
-            event.acceptProposedAction()
-            self.filesDropped.emit(files)
 
 
 def _count(n: int, noun: str) -> str:

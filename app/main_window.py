@@ -31,6 +31,8 @@ BUSY_MARK = "● "
 
 def engine_factory(settings: Settings) -> Callable[[], object]:
     """What the bridge's loader thread runs to make an engine for these settings."""
+    if settings.is_remote:
+        return remote_factory(*settings.remote_args())
     model, config = settings.model_arg(), settings.engine_config()
 
     def make():
@@ -43,6 +45,33 @@ def engine_factory(settings: Settings) -> Callable[[], object]:
         return EngineThread(model, **config)
 
     return make
+
+
+def remote_factory(base_url: str, api_key: str | None, model: str | None) -> Callable[[], object]:
+    """An OpenAI-compatible server instead of the local engine. Asking it for its model here,
+    on the loader thread, makes a wrong URL or key a load error, shown in the banner."""
+
+    def make():
+        from app.remote import RemoteEngine  # imports the engine package (torch): off the GUI thread
+        remote = RemoteEngine(base_url, api_key, model)
+        try:
+            remote.wait_ready()
+        except BaseException:
+            remote.shutdown()
+            raise
+        return remote
+
+    return make
+
+
+def remote_status(detail: str, stats: dict) -> str:
+    """The status line for a remote server: its KV memory is not ours to see, but the last
+    answer's token counts are."""
+    if not stats:
+        return f"{detail} · remote"
+    count = {name: int(stats.get(name, 0)) for name in ("prompt_tokens", "cached_tokens", "completion_tokens")}
+    return (f"{detail} · remote · last answer: {count['prompt_tokens']} prompt tokens "
+            f"({count['cached_tokens']} cached), {count['completion_tokens']} generated")
 
 
 class ErrorBanner(QFrame):
@@ -321,13 +350,18 @@ class MainWindow(QMainWindow):
         if state == engine_bridge.LOADING:
             self.engine_label.setText(f"Loading {detail}…")
         elif state == engine_bridge.READY:
-            self.engine_label.setText(detail)
             self.banner.hide()
+            self._engine_stats(self.bridge.engine.stats())  # the label, and the KV picture or none for a remote
         elif state == engine_bridge.FAILED:
             self.engine_label.setText("No model loaded")
             self.banner.show_error(detail)
 
     def _engine_stats(self, stats: dict) -> None:
+        if "blocks_total" not in stats:  # a remote server reports no KV blocks
+            self.kv.hide()
+            self.engine_label.setText(remote_status(self.bridge.detail, stats))
+            return
+        self.kv.show()
         self.kv.set_stats(stats)
         running, waiting = int(stats.get("num_running", 0)), int(stats.get("num_waiting", 0))
         hit = stats.get("prefix_hit_rate", 0.0)

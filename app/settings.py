@@ -2,21 +2,25 @@
 
 A JSON file (not QSettings) keeps the settings next to the chats they belong to, so a different
 `--data-dir` is a fully separate profile. Values that fail validation fall back to their default
-with a warning in the log: a hand-edited file must never stop Folio from starting.
+with a warning in the log: a hand-edited file must never stop Folio from starting. The file may
+hold a remote server's API key, so only its owner can read it.
 """
 from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import asdict, dataclass, fields, replace
 from importlib import resources
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from app.paths import settings_path
 
 log = logging.getLogger(__name__)
 
-MODEL_SOURCES = ("bundled", "folder", "gguf")
+MODEL_SOURCES = ("bundled", "folder", "gguf", "remote")
+LOCAL_FILE_SOURCES = ("folder", "gguf")
 DEVICES = ("auto", "cuda", "cpu")
 THEMES = ("light", "dark")
 DEFAULT_PRESET = "Folio default"
@@ -32,6 +36,9 @@ class Preset:
 class Settings:
     model_source: str = "bundled"
     model_path: str = ""
+    remote_url: str = ""              # an OpenAI-compatible server, for model_source "remote"
+    remote_key: str = ""              # "": no key
+    remote_model: str = ""            # "": the server's first model
     device: str = "auto"
     max_model_len: int = 0            # 0: as long as the model allows
     kv_memory_fraction: float = 0.85
@@ -45,13 +52,19 @@ class Settings:
     def problems(self) -> list[str]:
         """What is wrong with these values, in words a user can act on."""
         problems = [message for name, (ok, message) in _CHECKS.items() if not ok(getattr(self, name))]
-        if self.model_source != "bundled" and not self.model_path.strip():
+        if self.model_source in LOCAL_FILE_SOURCES and not self.model_path.strip():
             problems.append("choose a model folder or GGUF file")
+        if self.is_remote and not self.remote_url.strip():
+            problems.append("enter the remote server's URL")
         return problems
+
+    @property
+    def is_remote(self) -> bool:
+        return self.model_source == "remote"
 
     def model_arg(self) -> str | None:
         """What `EngineThread(model, ...)` takes: None for the bundled model."""
-        return None if self.model_source == "bundled" else self.model_path.strip()
+        return self.model_path.strip() if self.model_source in LOCAL_FILE_SOURCES else None
 
     def engine_config(self) -> dict:
         """Keyword arguments for `EngineThread` (EngineConfig fields)."""
@@ -60,13 +73,25 @@ class Settings:
             config["max_model_len"] = self.max_model_len
         return config
 
+    def remote_args(self) -> tuple[str, str | None, str | None]:
+        """`RemoteEngine(base_url, api_key, model)`'s arguments, blanks as None."""
+        return self.remote_url.strip(), self.remote_key.strip() or None, self.remote_model.strip() or None
+
     def engine_key(self) -> tuple:
-        """Settings that need a new engine when they change."""
-        return (self.model_arg(), tuple(sorted(self.engine_config().items())))
+        """Settings that need a new engine when they change (a remote server ignores the local
+        engine's device and memory settings)."""
+        if self.is_remote:
+            return ("remote", *self.remote_args())
+        return ("local", self.model_arg(), tuple(sorted(self.engine_config().items())))
 
     def model_label(self) -> str:
         if self.model_source == "bundled":
             return "SmolLM2 (bundled)"
+        if self.is_remote:
+            url, _, model = self.remote_args()
+            netloc = urlsplit(url if "://" in url else f"http://{url}").netloc
+            host = netloc.rpartition("@")[2] or url  # never a password written into the URL
+            return f"{model or 'default model'}@{host}"
         return Path(self.model_path).name or self.model_path
 
     def sampling_kwargs(self) -> dict:
@@ -120,7 +145,9 @@ def load_settings(data_dir: Path) -> Settings:
 def save_settings(data_dir: Path, settings: Settings) -> None:
     path = settings_path(data_dir)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(settings), indent=2), encoding="utf-8")
+    tmp.unlink(missing_ok=True)  # a leftover would keep its own permissions
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8") as f:
+        f.write(json.dumps(asdict(settings), indent=2))
     tmp.replace(path)  # atomic: a crash leaves the old file or the new one, never half of one
 
 

@@ -1,21 +1,30 @@
-"""The settings dialog: model and device, memory, sampling, system prompt, theme.
+"""The settings dialog: model and device (or a remote server), memory, sampling, system prompt, theme.
 
 It edits a copy and hands back a new `Settings` on OK; the window decides what changing it means
 (a new engine for a new model or device, a new theme now, sampling from the next answer on).
 """
 from __future__ import annotations
 
+import logging
+import threading
+from concurrent.futures import Future
 from dataclasses import replace
 
-from PySide6.QtCore import Signal
+from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtWidgets import (QComboBox, QDialog, QDialogButtonBox, QDoubleSpinBox, QFileDialog, QFormLayout,
                                QGroupBox, QHBoxLayout, QLabel, QLineEdit, QPlainTextEdit, QPushButton, QSpinBox,
                                QVBoxLayout, QWidget)
 
-from app.settings import DEVICES, THEMES, Preset, Settings, load_presets
+from app.engine_bridge import user_message
+from app.settings import DEVICES, LOCAL_FILE_SOURCES, THEMES, Preset, Settings, load_presets
+
+log = logging.getLogger(__name__)
 
 CUSTOM = "Custom"
-_SOURCES = [("bundled", "Bundled (SmolLM2-135M-Instruct)"), ("folder", "Hugging Face folder"), ("gguf", "GGUF file")]
+_SOURCES = [("bundled", "Bundled (SmolLM2-135M-Instruct)"), ("folder", "Hugging Face folder"), ("gguf", "GGUF file"),
+            ("remote", "Remote server (OpenAI-compatible)")]
+CONNECTION_TEST_TIMEOUT_S = 10.0
+CONNECTION_TEST_POLL_MS = 50
 
 
 class SettingsDialog(QDialog):
@@ -38,6 +47,23 @@ class SettingsDialog(QDialog):
         path_row.setContentsMargins(0, 0, 0, 0)
         path_row.addWidget(self.path, 1)
         path_row.addWidget(self.browse)
+        self.remote_url = QLineEdit(settings.remote_url)
+        self.remote_url.setPlaceholderText("http://host:8000/v1")
+        self.remote_key = QLineEdit(settings.remote_key)
+        self.remote_key.setEchoMode(QLineEdit.EchoMode.Password)
+        self.remote_key.setPlaceholderText("none")
+        self.remote_model = QLineEdit(settings.remote_model)
+        self.remote_model.setPlaceholderText("the server's first model")
+        self.test_button = QPushButton("Test connection")
+        self.test_button.clicked.connect(self.test_connection)
+        self.test_result = QLabel()
+        self.test_result.setWordWrap(True)
+        self.test_result.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.test_thread: threading.Thread | None = None
+        self._test: Future | None = None
+        self._test_timer = QTimer(self)
+        self._test_timer.setInterval(CONNECTION_TEST_POLL_MS)
+        self._test_timer.timeout.connect(self._poll_test)
         self.device = QComboBox()
         self.device.addItems(list(DEVICES))
         self.context = QSpinBox()
@@ -72,9 +98,16 @@ class SettingsDialog(QDialog):
         path_label = QLabel("&Path:")
         path_label.setBuddy(self.path)  # a row holding a layout gets no buddy by itself
         model_form.addRow(path_label, path_row)
+        model_form.addRow("Server &URL:", self.remote_url)
+        model_form.addRow("API ke&y:", self.remote_key)
+        model_form.addRow("Model &name:", self.remote_model)
+        model_form.addRow(self.test_button, self.test_result)
         model_form.addRow("&Device:", self.device)
         model_form.addRow("&Context length:", self.context)
         model_form.addRow("&KV memory fraction:", self.kv_fraction)
+        self._model_form = model_form
+        self._local_rows = [path_row, self.device, self.context, self.kv_fraction]
+        self._remote_rows = [self.remote_url, self.remote_key, self.remote_model, self.test_result]
         note = QLabel("Changing these reloads the model in the background.")
         note.setObjectName("hint")
         model_form.addRow(note)
@@ -101,10 +134,10 @@ class SettingsDialog(QDialog):
             layout.addWidget(w)
 
         self._load(settings)
-        self.source.currentIndexChanged.connect(self._update_path)
+        self.source.currentIndexChanged.connect(self._update_source)
         self.preset.currentIndexChanged.connect(self._preset_chosen)
         self.system.textChanged.connect(self._system_edited)
-        self._update_path()
+        self._update_source()
 
     def _load(self, s: Settings) -> None:
         self.source.setCurrentIndex(self.source.findData(s.model_source))
@@ -125,6 +158,8 @@ class SettingsDialog(QDialog):
         chosen = next((p for p in self.presets if p.name == preset), None)
         system = chosen.text if chosen is not None else text
         return replace(self.settings, model_source=self.source.currentData(), model_path=self.path.text().strip(),
+                       remote_url=self.remote_url.text().strip(), remote_key=self.remote_key.text().strip(),
+                       remote_model=self.remote_model.text().strip(),
                        device=self.device.currentText(), max_model_len=self.context.value(),
                        kv_memory_fraction=round(self.kv_fraction.value(), 2), temperature=self.temperature.value(),
                        top_p=self.top_p.value(), max_tokens=self.max_tokens.value(), system_preset=preset,
@@ -134,16 +169,54 @@ class SettingsDialog(QDialog):
         settings = self.result_settings()
         problems = settings.problems()
         if problems:
-            self.problem.setText("; ".join(problems).capitalize() + ".")
+            text = "; ".join(problems)
+            self.problem.setText(text[0].upper() + text[1:] + ".")  # not capitalize(): it lowercases "URL"
             self.problem.show()
             return
         self.accepted_settings.emit(settings)
         self.accept()
 
-    def _update_path(self) -> None:
-        external = self.source.currentData() != "bundled"
-        self.path.setEnabled(external)
-        self.browse.setEnabled(external)
+    def _update_source(self) -> None:
+        """A remote server shows its URL, key and model; the local engine's rows are for the others."""
+        source = self.source.currentData()
+        for row in self._local_rows:
+            self._model_form.setRowVisible(row, source != "remote")
+        for row in self._remote_rows:
+            self._model_form.setRowVisible(row, source == "remote")
+        self.path.setEnabled(source in LOCAL_FILE_SOURCES)
+        self.browse.setEnabled(source in LOCAL_FILE_SOURCES)
+
+    # ------------------------------------------------------------------ "Test connection"
+
+    def test_connection(self) -> None:
+        """Ask the server for its models on a worker thread; the answer is polled for, so the
+        worker never touches a Qt object and the dialog may close (or go away) meanwhile."""
+        if self._test is not None:
+            return
+        url, key, model = self.result_settings().remote_args()
+        self._test = Future()
+        self.test_button.setEnabled(False)
+        self._show_test_result("Connecting…", failed=False)
+        self.test_thread = threading.Thread(target=_run_connection_test,
+                                            args=(self._test, url, key, model, CONNECTION_TEST_TIMEOUT_S),
+                                            name="folio-connection-test", daemon=True)
+        self.test_thread.start()
+        self._test_timer.start()
+
+    def _poll_test(self) -> None:
+        if self._test is None or not self._test.done():
+            return
+        test, self._test = self._test, None
+        self._test_timer.stop()
+        self.test_button.setEnabled(True)
+        error = test.exception()
+        self._show_test_result(test.result() if error is None else user_message(error), failed=error is not None)
+
+    def _show_test_result(self, text: str, failed: bool) -> None:
+        self.test_result.setText(text)
+        self.test_result.setObjectName("errorText" if failed else "hint")
+        self.test_result.style().unpolish(self.test_result)  # the style sheet colours by object name
+        self.test_result.style().polish(self.test_result)
 
     def _preset_chosen(self) -> None:
         chosen = next((p for p in self.presets if p.name == self.preset.currentText()), None)
@@ -166,3 +239,14 @@ class SettingsDialog(QDialog):
             dialog.setNameFilter("GGUF models (*.gguf)")
         dialog.fileSelected.connect(self.path.setText)
         dialog.open()
+
+
+def _run_connection_test(result: Future, url: str, key: str | None, model: str | None, timeout: float) -> None:
+    """Worker thread: the success line, or the error, lands in `result`."""
+    try:
+        from app.remote import test_connection  # imports the engine package (torch): not in the GUI thread
+        result.set_result(test_connection(url, key, model, timeout))
+    except Exception as e:  # a RemoteError says what is wrong; anything else is a bug, logged
+        if not isinstance(e, ValueError):
+            log.exception("testing the connection to %s failed", url)
+        result.set_exception(e)

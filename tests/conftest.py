@@ -64,3 +64,30 @@ def embedder():
     """One bundled MiniLM for the whole run (loading it takes seconds)."""
     from rag.embedder import Embedder
     return Embedder()
+
+
+@pytest.fixture
+def library(tmp_path, embedder):
+    """An empty library in a temp folder, on the shared embedder."""
+    from rag import Library
+    with Library(tmp_path / "library", embedder=embedder) as lib:
+        yield lib
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A port nothing listens on."""
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def silent_port():
+    """A port that accepts connections and never answers."""
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(4)
+        yield sock.getsockname()[1]

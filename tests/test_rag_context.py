@@ -6,7 +6,7 @@ from conftest import PASSAGE
 from doc_fixtures import make_pdf
 from engine import SamplingParams
 from engine.llm_engine import LLMEngine
-from rag import Library, build_prompt, cited_sources
+from rag import build_prompt, cited_sources
 from rag.context import SOURCES_INSTRUCTION
 
 PAGES = [
@@ -14,12 +14,6 @@ PAGES = [
     "Chapter two. Fishing boats must report their catch to the harbour master before noon each day.",
     "Chapter three. In winter the harbour freezes and the ferry to the island stops running.",
 ]
-
-
-@pytest.fixture
-def library(tmp_path, embedder):
-    with Library(tmp_path / "library", embedder=embedder) as lib:
-        yield lib
 
 
 @pytest.fixture

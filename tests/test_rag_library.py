@@ -17,12 +17,6 @@ MANUAL_PAGES = [
 ]
 
 
-@pytest.fixture
-def library(tmp_path, embedder):
-    with Library(tmp_path / "library", embedder=embedder) as lib:
-        yield lib
-
-
 def write(path: Path, text: str) -> Path:
     path.write_text(text, encoding="utf-8")
     return path

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -20,7 +19,7 @@ from engine import RequestOutput, SamplingParams
 from engine.loader import resolve_model
 from doc_fixtures import make_pdf
 from engine.tokenizer import Tokenizer
-from test_server import HI, KEY, LONG_ANSWER, MODEL, ServerProcess, wait_until, wait_until_idle
+from serve_process import HI, KEY, LONG_ANSWER, MODEL, ServerProcess, free_port, wait_until, wait_until_idle
 
 GREEDY = SamplingParams(temperature=0, max_tokens=8)
 
@@ -41,21 +40,6 @@ def client(server):
 def engine(server):
     with RemoteEngine(server.base_url, KEY, MODEL, timeout=120) as r:
         yield r
-
-
-@pytest.fixture
-def silent_port():
-    """A port that accepts connections and never answers."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(4)
-        yield sock.getsockname()[1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # ---------------------------------------------------------------------------------- answers
