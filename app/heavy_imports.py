@@ -1,10 +1,12 @@
-"""The first import of torch, transformers and sentence-transformers happens in one thread at a time.
+"""The first import of chromadb, torch, transformers and sentence-transformers happens in one
+thread at a time.
 
-transformers' lazily built top-level module is not safe to import from two threads at once: when
-the engine loader and the indexing worker start together (a file opened with Folio at launch),
-Python's import-deadlock avoidance hands one of them a half-initialised `transformers`, and the
-engine fails with "cannot import name 'AutoTokenizer'". Every background thread about to load a
-model calls `ensure()` first; the first one imports, the others wait, later calls return at once.
+These libraries share dependencies (pydantic, tokenizers, torch) and some build their modules
+lazily, which is not safe from two threads at once: when the engine loader, the library worker
+and the indexing worker start together, Python's import-deadlock avoidance hands one of them a
+half-initialised module ("cannot import name 'AutoTokenizer' from 'transformers'", or the same
+from `pydantic._internal`). Every background thread about to use them calls `ensure()` first;
+the first one imports them all, the others wait, later calls return at once.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ def ensure() -> None:
     with _lock:
         if _imported:
             return
+        import chromadb  # noqa: F401  (imports pydantic)
         import sentence_transformers  # noqa: F401  (imports torch and transformers)
         from transformers import AutoConfig, AutoTokenizer  # noqa: F401  (resolves the lazy attributes)
         _imported = True

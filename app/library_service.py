@@ -185,6 +185,7 @@ class LibraryService(QObject):
 
     def _open(self, embedder) -> None:
         try:
+            heavy_imports.ensure()  # chromadb: not while the engine imports transformers
             from rag import Library
             self.library = Library(self.folder, embedder=embedder) if embedder else Library(self.folder)
         except Exception as e:  # a damaged library must not stop chatting
