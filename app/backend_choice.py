@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -39,12 +40,22 @@ class BackendError(Exception):
     """The backend cannot start; the message is for the user."""
 
 
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors an answer can end with that are not bugs: a prompt too long for the context, a
+    remote server's refusal (RemoteError is a ValueError), no memory on the device."""
+    errors: list[type[BaseException]] = [ValueError, MemoryError]
+    torch = sys.modules.get("torch")
+    if torch is not None and hasattr(torch, "OutOfMemoryError"):
+        errors.append(torch.OutOfMemoryError)
+    return tuple(errors)
+
+
 def start_backend(args: argparse.Namespace) -> Backend:
     """Start the backend the arguments ask for and wait until it can answer."""
     if args.remote:
         from app.remote import RemoteEngine, RemoteError
-        engine = RemoteEngine(args.remote, args.remote_key, args.remote_model)
         try:
+            engine = RemoteEngine(args.remote, args.remote_key, args.remote_model)
             model = engine.wait_ready()
         except RemoteError as e:
             raise BackendError(str(e)) from None

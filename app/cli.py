@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
-from app.backend_choice import BackendError, add_backend_arguments, start_backend
+from app.backend_choice import BackendError, add_backend_arguments, start_backend, user_errors
 from app.doc_commands import add_ask_parser, add_index_parser
 from app.server import add_serve_arguments, cmd_serve
 
@@ -92,7 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    if not argv or argv[0] not in {*SUBCOMMANDS, "-h", "--help", "--self-test"}:
+    if not argv or (argv[0] not in {*SUBCOMMANDS, "-h", "--help", "--self-test"}
+                    and (argv[0].startswith("-") or os.path.exists(argv[0]))):  # a typo'd command: usage
         from app.main import run_gui
         return run_gui(argv)
     args = parser.parse_args(argv)
@@ -242,7 +243,7 @@ class ChatSession:
         except KeyboardInterrupt:  # a Ctrl+C just before the handler was set
             handle.cancel()
             output = handle.result()
-        except _user_errors() as e:  # e.g. the conversation no longer fits the context
+        except user_errors() as e:  # e.g. the conversation no longer fits the context
             self.messages.pop()
             if printed:
                 self._write("\n")
@@ -308,15 +309,6 @@ def format_stats(stats: dict[str, float]) -> str:
 def _error(message: str) -> int:
     print(message, file=sys.stderr, flush=True)
     return EXIT_USAGE
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Errors a turn can hit that are not bugs: a prompt too long for the context, no memory."""
-    errors: list[type[BaseException]] = [ValueError, MemoryError]
-    torch = sys.modules.get("torch")
-    if torch is not None and hasattr(torch, "OutOfMemoryError"):
-        errors.append(torch.OutOfMemoryError)
-    return tuple(errors)
 
 
 class _sigint_handler:

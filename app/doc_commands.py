@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 from typing import TextIO
 
-from app.backend_choice import BackendError, add_backend_arguments, start_backend
+from app.backend_choice import BackendError, add_backend_arguments, start_backend, user_errors
 from app.paths import library_dir
 
 EXIT_OK = 0
@@ -62,11 +62,15 @@ def add_ask_parser(sub) -> None:
 # ---------------------------------------------------------------------------------- folio index
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from rag import Library
+    from rag import Library, LibraryError
 
     cancel = threading.Event()
     bar = ProgressLine(sys.stderr)
-    with Library(args.library or library_dir()) as lib:
+    try:
+        lib = Library(args.library or library_dir())
+    except LibraryError as e:
+        return _error(f"folio index: {e}")
+    with lib:
         try:
             report = _interruptible(lambda: lib.add(args.paths, progress=bar.update, cancel=cancel), cancel)
         finally:
@@ -117,7 +121,7 @@ class ProgressLine:
 
 def cmd_ask(args: argparse.Namespace) -> int:
     from engine import SamplingParams
-    from rag import Library
+    from rag import Library, LibraryError
 
     try:
         params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature,
@@ -126,7 +130,11 @@ def cmd_ask(args: argparse.Namespace) -> int:
         return _error(f"folio ask: {e}")
     if args.top_k < 1:
         return _error("folio ask: --top-k must be at least 1")
-    with Library(args.library or library_dir()) as lib:
+    try:
+        lib = Library(args.library or library_dir())
+    except LibraryError as e:
+        return _error(f"folio ask: {e}")
+    with lib:
         pinned = []
         if args.doc:
             report = lib.add(args.doc)
@@ -154,16 +162,21 @@ def _answer(args: argparse.Namespace, lib, pinned: list[str], backend, params) -
                           count_tokens=backend.count_tokens,
                           max_context_tokens=backend.context_tokens - args.max_tokens)
     handle = backend.engine.submit(prompt.messages, params)
+    shown = []
     try:
-        for delta in handle:
-            sys.stdout.write(delta)
-            sys.stdout.flush()
-    except KeyboardInterrupt:
-        handle.cancel()
-    try:
+        try:
+            for delta in handle:
+                sys.stdout.write(delta)
+                sys.stdout.flush()
+                shown.append(delta)
+        except KeyboardInterrupt:
+            handle.cancel()
         output = handle.result()
-    except ValueError as e:  # e.g. the question and documents do not fit the context
+    except user_errors() as e:  # e.g. the question and documents do not fit the context
         return _error(f"\nfolio ask: {e}")
+    shown_text = "".join(shown)
+    if output.text.startswith(shown_text):
+        sys.stdout.write(output.text[len(shown_text):])  # text the stream held back, if any
     print()
     cited = {s.number for s in cited_sources(output.text, prompt.sources)}
     if prompt.sources:

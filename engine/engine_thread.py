@@ -72,7 +72,10 @@ class RequestHandle:
         self._done.set()
         self._events.put(_DONE)
         if self._on_finish:
-            self._on_finish(output)
+            try:
+                self._on_finish(output)
+            except Exception:  # the output is on the handle already; only the engine must go on
+                log.exception("the on_finish callback of %s failed", self.request_id)
 
     def _fail(self, error: BaseException) -> None:
         self.error = error
@@ -214,7 +217,7 @@ class EngineThread:
                 if out.finished:
                     del self._handles[out.request_id]
                     handle._finish(out)
-            except Exception as e:  # the caller's callback failed: stop that request, keep the engine
+            except Exception as e:  # the caller's on_delta failed: stop that request, keep the engine
                 self._handles.pop(out.request_id, None)
                 self.engine.abort_request(out.request_id)
                 handle._fail(e)

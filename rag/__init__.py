@@ -3,7 +3,7 @@ store, hybrid retrieval and prompt building. Imports nothing from `engine` or `a
 from rag.context import DEFAULT_SYSTEM_PROMPT, Prompt, Source, build_prompt, cited_sources
 from rag.library import FileResult, IndexProgress, IndexReport, Library
 from rag.retrieve import Hit
-from rag.store import DocumentInfo
+from rag.store import DocumentInfo, LibraryError
 
 __all__ = ["DEFAULT_SYSTEM_PROMPT", "DocumentInfo", "FileResult", "Hit", "IndexProgress", "IndexReport", "Library",
-           "Prompt", "Source", "build_prompt", "cited_sources"]
+           "LibraryError", "Prompt", "Source", "build_prompt", "cited_sources"]

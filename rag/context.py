@@ -56,14 +56,19 @@ def build_prompt(question: str, history: Sequence[dict] = (), *, library: Librar
     pinned set is searched instead. With `search`, the whole library is searched too. History
     keeps its most recent messages that still fit."""
     count = count_tokens or (library.embedder.count_tokens if library else (lambda s: len(s) // 4))
-    budget = max_context_tokens - count(system) - count(question) - count(SOURCES_INSTRUCTION)
+    stable_budget = max_context_tokens - count(system) - count(SOURCES_INSTRUCTION)
+    budget = stable_budget - count(question)
     sources: list[Source] = []
     whole: list[str] = []
     too_big: list[str] = []
     if library is not None:
         pinned = [d for d in map(library.document, dict.fromkeys(pinned_doc_ids)) if d is not None]
-        pinned_room = int(budget * PINNED_SHARE)
+        # what is pinned whole must not depend on the question, or the shared prefix would too
+        pinned_room = int(stable_budget * PINNED_SHARE)
         for doc in sorted(pinned, key=lambda d: (str(d.source), d.doc_id)):
+            if doc.num_tokens > 2 * pinned_room:  # far too big: not worth reading and counting its text
+                too_big.append(doc.doc_id)
+                continue
             passages = _passages(doc.doc_id, doc.source, *library.document_text(doc.doc_id), start=len(sources) + 1)
             cost = sum(count(_render(s)) for s in passages)
             if cost <= pinned_room:

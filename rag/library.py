@@ -133,6 +133,8 @@ class Library:
             return FileResult(path, "unchanged", current.doc_id, num_chunks=current.num_chunks)
         twin = self._store.find(content_hash=content_hash)
         if twin is not None:
+            if current is not None:  # the file now holds another document's text: its old version is wrong
+                self._store.remove(current.doc_id)
             return FileResult(path, "duplicate", twin.doc_id, error=f"same content as {twin.source}",
                               num_chunks=twin.num_chunks)
         try:

@@ -8,6 +8,7 @@ wrong about a file (wrong type, damaged, password-protected, empty, huge, gone) 
 from __future__ import annotations
 
 import codecs
+import logging
 import posixpath
 import re
 import threading
@@ -20,6 +21,7 @@ from typing import BinaryIO
 from urllib.parse import unquote
 from xml.etree import ElementTree
 
+log = logging.getLogger(__name__)
 MAX_TEXT_CHARS = 20_000_000  # about 10,000 book pages; more is almost surely not a document
 
 _TEXT_SUFFIXES = frozenset({".txt", ".text", ".rst", ".log", ".csv", ".tsv"})
@@ -126,6 +128,11 @@ def load_document(path: str | Path, *, max_chars: int = MAX_TEXT_CHARS) -> Loade
         raise _error(MissingDocument, path, "permission denied") from None
     except OSError as e:
         raise _error(MissingDocument, path, f"could not be read ({e.strerror or e})") from None
+    except DocumentError:
+        raise
+    except Exception as e:  # a parser choking on a damaged file we did not foresee: that file fails, not the batch
+        log.warning("loading %s failed", path, exc_info=True)
+        raise _error(CorruptDocument, path, f"could not be read ({type(e).__name__}: {e})") from e
     if len(document.text) > max_chars:
         raise _too_large(path, max_chars)
     if not document.text.strip():
@@ -482,6 +489,8 @@ def _html_title(soup) -> str | None:
 
 
 def _load_html(path: Path, max_chars: int) -> LoadedDocument:
+    if path.stat().st_size > _MAX_BYTES_PER_CHAR * max_chars:  # parsed whole: refuse before reading
+        raise _too_large(path, max_chars)
     soup = _parse_html(path.read_bytes())
     parts = [part for part in _HtmlText().walk(soup) if part.text]
     text, sections = _assemble(parts)

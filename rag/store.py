@@ -9,6 +9,8 @@ so a half-indexed document never survives a restart.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import re
 import sqlite3
 import threading
@@ -52,6 +54,7 @@ CREATE VIRTUAL TABLE IF NOT EXISTS chunk_terms USING fts5(text, tokenize='porter
 CREATE TABLE IF NOT EXISTS removed_vectors (doc_id TEXT PRIMARY KEY);
 """
 _TERM = re.compile(r"\w+", re.UNICODE)
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -79,28 +82,44 @@ class StoredChunk:
     section: str | None
 
 
+class LibraryError(Exception):
+    """The library folder cannot be used (in use, unwritable, damaged); the message is for the user."""
+
+
 class Store:
-    """All reads and writes of one library folder. Thread-safe: one lock around the catalog."""
+    """All reads and writes of one library folder. Thread-safe: one lock around the catalog.
+    One process at a time: chromadb's files are not safe to share, and opening a library sweeps
+    away documents left half-indexed, which would be another process's documents in progress."""
 
     def __init__(self, folder: Path) -> None:
         import chromadb
         from chromadb.config import Settings
 
-        folder.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(folder / "catalog.sqlite3", check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
-        self._chroma = chromadb.PersistentClient(path=str(folder / "vectors"),
-                                                 settings=Settings(anonymized_telemetry=False))
-        self._vectors = self._chroma.get_or_create_collection(
-            COLLECTION, configuration={"hnsw": {"space": "cosine"}}, embedding_function=None)
-        self._remove_unfinished()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._owner = _lock_folder(folder)
+        except OSError as e:
+            raise LibraryError(f"cannot use the library folder {folder}: {e.strerror or e}") from None
+        try:
+            self._db = sqlite3.connect(folder / "catalog.sqlite3", check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+            self._chroma = chromadb.PersistentClient(path=str(folder / "vectors"),
+                                                     settings=Settings(anonymized_telemetry=False))
+            self._vectors = self._chroma.get_or_create_collection(
+                COLLECTION, configuration={"hnsw": {"space": "cosine"}}, embedding_function=None)
+            self._remove_unfinished()
+        except Exception as e:
+            self._owner.close()
+            raise LibraryError(f"the library at {folder} cannot be opened: {e}") from e
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            self._chroma.close()
+            self._owner.close()  # closing the file releases the lock
 
     # ------------------------------------------------------------------ catalog reads
 
@@ -110,12 +129,16 @@ class Store:
         return [DocumentInfo(r[0], Path(r[1]), *r[2:]) for r in rows]
 
     def document(self, doc_id: str) -> DocumentInfo | None:
-        return next((d for d in self.documents() if d.doc_id == doc_id), None)
+        return self._one("doc_id", doc_id)
 
     def find(self, *, source: Path | None = None, content_hash: str | None = None) -> DocumentInfo | None:
-        return next((d for d in self.documents()
-                     if (source is None or d.source == source)
-                     and (content_hash is None or d.content_hash == content_hash)), None)
+        """The ready document at `source`, or else the one with `content_hash`."""
+        return self._one("source", str(source)) if source is not None else self._one("content_hash", content_hash)
+
+    def _one(self, column: str, value) -> DocumentInfo | None:
+        rows = self._query(f"SELECT doc_id, source, title, kind, num_pages, num_chunks, num_tokens, content_hash, "
+                           f"added_at FROM documents WHERE state='ready' AND {column}=? LIMIT 1", (value,))
+        return DocumentInfo(rows[0][0], Path(rows[0][1]), *rows[0][2:]) if rows else None
 
     def text(self, doc_id: str) -> tuple[str, list[dict]]:
         """The whole document text and its sections ({start, end, page, title})."""
@@ -152,7 +175,7 @@ class Store:
             return []
         match = " OR ".join(f'"{t}"' for t in sorted(terms))
         sql = ("SELECT t.rowid, -bm25(chunk_terms) FROM chunk_terms t JOIN chunks c ON c.id = t.rowid "
-               "WHERE chunk_terms MATCH ?")
+               "JOIN documents d ON d.doc_id = c.doc_id AND d.state = 'ready' WHERE chunk_terms MATCH ?")
         args: list = [match]
         if doc_ids:
             sql += f" AND c.doc_id IN ({','.join('?' * len(doc_ids))})"
@@ -189,11 +212,16 @@ class Store:
     def finish_document(self, doc_id: str, replaces: str | None = None) -> None:
         """Make the document visible, and drop the version it replaces, in one transaction."""
         with self._lock, self._transaction():
-            self._db.execute("UPDATE documents SET state='ready' WHERE doc_id=?", (doc_id,))
+            if self._db.execute("UPDATE documents SET state='ready' WHERE doc_id=? AND state='indexing'",
+                                (doc_id,)).rowcount != 1:
+                raise LibraryError(f"document {doc_id} vanished while it was being indexed")
             if replaces is not None:
                 self._delete_rows(replaces)
         if replaces is not None:
-            self._delete_vectors(replaces)
+            try:
+                self._delete_vectors(replaces)
+            except Exception:  # the document is in; the old vectors stay queued and go on the next open
+                log.exception("deleting the vectors of replaced document %s failed", replaces)
 
     def remove(self, doc_id: str) -> None:
         """Catalog first: once its rows are gone the document is gone. Its vectors are noted for
@@ -204,8 +232,12 @@ class Store:
         self._delete_vectors(doc_id)
 
     def abandon(self, doc_id: str) -> None:
-        """Undo a document that was begun but not finished (cancelled, or its vectors failed)."""
+        """Undo a document that was begun but not finished (its vectors failed, or an interrupt);
+        a document already made visible is left alone."""
         with self._lock, self._transaction():
+            unfinished = "SELECT 1 FROM documents WHERE doc_id=? AND state='indexing'"
+            if not self._db.execute(unfinished, (doc_id,)).fetchone():
+                return
             self._delete_rows(doc_id)
         self._delete_vectors(doc_id)
 
@@ -248,3 +280,21 @@ class _Transaction:
     def __exit__(self, exc_type, exc, tb) -> None:
         self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
 
+
+
+def _lock_folder(folder: Path):
+    """An open lock file holding an exclusive lock on the folder, or LibraryError if another
+    process holds it. The lock goes with the process, so a crash never leaves it behind."""
+    handle = open(folder / "library.lock", "a+b")
+    try:
+        if os.name == "nt":
+            import msvcrt
+            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+        else:
+            import fcntl
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise LibraryError(f"the library at {folder} is open in another Folio (the app, or a folio index or "
+                           "ask still running); close it and try again") from None
+    return handle

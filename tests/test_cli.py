@@ -394,3 +394,24 @@ def test_turns_reuse_the_cache_and_commands_work(engine_thread):
     assert "unknown command /nope" in stderr.getvalue()
     assert "Conversation cleared." in out
     assert session.messages == [{"role": "system", "content": "You are a concise geography assistant."}]
+
+
+def test_a_mistyped_command_is_a_usage_error_not_the_app(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["chta"])
+    assert e.value.code == 2 and "invalid choice: 'chta'" in capsys.readouterr().err
+
+
+def test_a_bad_remote_url_is_one_clear_line(capsys):
+    assert main(["chat", "--remote", "ftp://example.com"]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].startswith("folio chat: ") and "Traceback" not in err
+
+
+def test_index_into_a_library_in_use_says_so(tmp_path, capsys, embedder):
+    from rag import Library
+    doc = tmp_path / "a.txt"
+    doc.write_text("text", encoding="utf-8")
+    with Library(tmp_path / "lib", embedder=embedder):
+        assert main(["index", str(doc), "--library", str(tmp_path / "lib")]) == 2
+    assert "is open in another Folio" in capsys.readouterr().err

@@ -178,3 +178,47 @@ def test_chunks_are_found_by_their_document_title(library, tmp_path):
     library.add([doc, other])
     hit = library.search("how do I descale the Zephyr", k=1, mode="keyword")[0]
     assert hit.text == "Hold the button for three seconds to descale it."  # shown without the heading
+
+
+def test_one_process_at_a_time(tmp_path, embedder):
+    """A second open (another app window, a `folio index` while the app runs) is refused clearly
+    instead of sweeping away the first one's documents in progress."""
+    from rag import LibraryError
+    with Library(tmp_path / "lib", embedder=embedder):
+        with pytest.raises(LibraryError, match="open in another Folio"):
+            Library(tmp_path / "lib", embedder=embedder)
+    with Library(tmp_path / "lib", embedder=embedder) as again:  # closing released it
+        assert again.documents() == []
+
+
+def test_a_folder_that_cannot_be_a_library_is_a_clear_error(tmp_path, embedder):
+    from rag import LibraryError
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(LibraryError, match="cannot use the library folder"):
+        Library(tmp_path / "file", embedder=embedder)
+
+
+def test_an_unforeseen_parser_failure_fails_only_that_file(library, tmp_path, monkeypatch):
+    import rag.loaders as loaders
+
+    def choke(path, max_chars):
+        raise RuntimeError("parser exploded")
+    monkeypatch.setitem(loaders._LOADERS, "html", choke)
+    page = tmp_path / "page.html"
+    page.write_text("<p>hello</p>")
+    good = write(tmp_path / "good.txt", PASSAGE)
+    report = library.add([page, good])
+    assert [r.status for r in report.results] == ["failed", "added"]
+    assert report.results[0].error == "page.html: could not be read (RuntimeError: parser exploded)"
+    check_consistent(library)
+
+
+def test_a_file_changed_into_a_copy_of_another_drops_its_old_version(library, tmp_path):
+    a = write(tmp_path / "a.txt", "Apples grow on trees in orchards across the valley.")
+    b = write(tmp_path / "b.txt", "Bananas ripen in warm climates near the equator.")
+    library.add([a, b])
+    write(b, a.read_text())
+    result = library.add([b]).results[0]
+    assert result.status == "duplicate" and "a.txt" in result.error
+    assert [d.source for d in library.documents()] == [a]  # b's banana text is no longer citable
+    check_consistent(library)
