@@ -73,9 +73,7 @@ class ChatSession(QObject):
         if self.generation is not None:
             self.generation.cancel()  # `finished` follows with the text so far
         else:  # still building the prompt: nothing reached the engine
-            if self._prompt_key is not None:
-                self.library.forget(self._prompt_key)
-            self._end(STOPPED)
+            self.abandon()
 
     def abandon(self) -> None:
         """At exit: stop and save the answer now, without waiting for the engine's last word."""

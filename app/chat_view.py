@@ -95,6 +95,7 @@ class DocumentBar(QWidget):
         layout.addWidget(self.pins, 1)
         session.documentsChanged.connect(self.refresh)
         library.documentsChanged.connect(self.refresh)
+        library.openFailed.connect(self.refresh)
         self.refresh()
 
     def refresh(self) -> None:
@@ -102,7 +103,12 @@ class DocumentBar(QWidget):
         self.mode.setCurrentIndex(self.mode.findData(self.session.doc_mode))
         self.mode.blockSignals(False)
         names = {d.doc_id: d.source.name for d in self.library.documents}
-        missing = "(removed from the library)" if names else "(loading)"
+        if self.library.listed:
+            missing = "(removed from the library)"
+        elif self.library.failed:
+            missing = "(the library cannot be opened)"
+        else:
+            missing = "(loading)"
         pinned = [names.get(d, missing) for d in self.session.pinned_doc_ids]
         if pinned:
             text = "Pinned: " + ", ".join(pinned)
@@ -247,6 +253,7 @@ class ChatView(FileDropTarget, QWidget):
 
     def _open_source(self, source: SourceRef) -> SourceDialog:
         dialog = SourceDialog(source, self.library, self)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         dialog.open()
         return dialog
 
@@ -255,9 +262,14 @@ class ChatView(FileDropTarget, QWidget):
     def _rebuild(self) -> None:
         self._truncate(0)
         for i in range(len(self.session.model)):
-            self._insert(i)
+            self._add_widget(i)
+        self._mark_last()
 
     def _insert(self, index: int) -> None:
+        self._add_widget(index)
+        self._mark_last()
+
+    def _add_widget(self, index: int) -> None:
         widget = MessageWidget(self.session.model[index])
         widget.copyRequested.connect(lambda m: QGuiApplication.clipboard().setText(m.content))
         widget.editRequested.connect(self._edit)
@@ -265,7 +277,6 @@ class ChatView(FileDropTarget, QWidget):
         widget.sourceActivated.connect(self._open_source)
         self.list_layout.insertWidget(index, widget)  # before the hint and the trailing stretch
         self.widgets.insert(index, widget)
-        self._mark_last()
 
     def _changed(self, index: int) -> None:
         self.widgets[index].refresh()

@@ -60,9 +60,10 @@ class Generation(QObject):
     finished = Signal(object)  # GenerationResult
     failed = Signal(str, str)  # user-facing message, the text streamed before the failure
 
-    def __init__(self, key: int, messages: list[dict], params, parent: QObject | None = None) -> None:
-        super().__init__(parent)
+    def __init__(self, key: int, messages: list[dict], params, bridge: EngineBridge) -> None:
+        super().__init__(bridge)
         self.key = key
+        self._bridge = bridge
         self.messages = messages
         self.params = params
         self.text = ""
@@ -78,23 +79,13 @@ class Generation(QObject):
         if self.handle is not None:
             self.handle.cancel()
         else:  # never reached the engine: finish now, but from the event loop like every other end
-            QTimer.singleShot(0, self, lambda: self._finish(GenerationResult(self.text, "abort", None)))
+            QTimer.singleShot(0, self, lambda: self._bridge._end(self, GenerationResult(self.text, "abort", None)))
 
     # GUI-thread side, called by the bridge
     def _delta(self, text: str) -> None:
         if not self.done:
             self.text += text
             self.delta.emit(text)
-
-    def _finish(self, result: GenerationResult) -> None:
-        if not self.done:
-            self.done = True
-            self.finished.emit(result)
-
-    def _fail(self, message: str) -> None:
-        if not self.done:
-            self.done = True
-            self.failed.emit(message, self.text)
 
 
 class EngineBridge(QObject):
@@ -175,13 +166,12 @@ class EngineBridge(QObject):
         if engine is None:
             self._set_state(FAILED, error)
             for generation in list(self._active.values()):
-                self._active.pop(generation.key, None)
-                generation._fail(f"No model is loaded. {error}")
+                self._end(generation, error=f"No model is loaded. {error}")
             return
         self.engine = engine
         self._set_state(READY, _describe(engine) or self.detail)
         self._stats_timer.start()
-        self._poll_stats()
+        self._poll_stats(always=True)  # even unchanged or empty (a remote's): the window's status line waits on it
         for generation in list(self._active.values()):
             if generation.handle is None and not generation.cancelled:
                 self._submit(generation)
@@ -191,6 +181,7 @@ class EngineBridge(QObject):
         yet submitted stay queued for the next engine."""
         old, owned = self.engine, self._owned
         self.engine = None
+        self.last_stats = {}  # the old engine's context length and KV pool no longer apply
         self._stats_timer.stop()
         for generation in list(self._active.values()):
             if generation.handle is not None:
@@ -218,8 +209,23 @@ class EngineBridge(QObject):
         return generation
 
     def _fail_unloaded(self, generation: Generation) -> None:
+        self._end(generation, error=f"No model is loaded. {self.detail}")
+
+    def _end(self, generation: Generation, result: GenerationResult | None = None, error: str | None = None) -> None:
+        """Every way a generation ends comes here: it leaves `_active`, fires its one last signal,
+        lets go of its prompt (pinned documents and all) and its engine handle (which queues every
+        delta), and is deleted once the event loop is back."""
+        if generation.done:
+            return
+        generation.done = True
         self._active.pop(generation.key, None)
-        generation._fail(f"No model is loaded. {self.detail}")
+        if error is None:
+            generation.finished.emit(result)
+        else:
+            generation.failed.emit(error, generation.text)
+        generation.handle = None
+        generation.messages = []
+        generation.deleteLater()
 
     def _submit(self, generation: Generation) -> None:
         key, event = generation.key, self._engineEvent
@@ -239,8 +245,7 @@ class EngineBridge(QObject):
                 on_error=lambda error: post("error", error))
         except Exception as e:  # e.g. a remote backend refusing at once
             log.exception("submit failed")
-            self._active.pop(key, None)
-            generation._fail(user_message(e))
+            self._end(generation, error=user_message(e))
 
     def _on_engine_event(self, key: int, kind: str, payload) -> None:
         generation = self._active.get(key)
@@ -249,25 +254,20 @@ class EngineBridge(QObject):
         if kind == "delta":
             generation._delta(payload)
             return
-        del self._active[key]
         if kind == "finish":
-            generation._finish(GenerationResult(payload.text, payload.finish_reason, payload.metrics))
+            self._end(generation, GenerationResult(payload.text, payload.finish_reason, payload.metrics))
         else:
             if not isinstance(payload, (ValueError, MemoryError)):
                 log.error("generation failed", exc_info=payload)
-            generation._fail(user_message(payload))
-
-    @property
-    def busy_count(self) -> int:
-        return len(self._active)
+            self._end(generation, error=user_message(payload))
 
     # ------------------------------------------------------------------ stats
 
-    def _poll_stats(self) -> None:
+    def _poll_stats(self, always: bool = False) -> None:
         if self.engine is None:
             return
         stats = self.engine.stats()
-        if stats != self.last_stats:
+        if always or stats != self.last_stats:
             self.last_stats = stats
             self.statsChanged.emit(stats)
 

@@ -40,6 +40,7 @@ class JobRow(QFrame):
         self.state.setObjectName("jobState")
         self.state.setWordWrap(True)
         self.button = QToolButton()
+        self.button.setIcon(icon("close"))
         self.button.setAutoRaise(True)
         self.button.clicked.connect(self._button_clicked)
         top = QHBoxLayout()
@@ -64,10 +65,10 @@ class JobRow(QFrame):
         if job.error:
             text = f"{text}: {job.error}"
         self.state.setText(text)
-        self.setProperty("failed", job.state == FAILED)
-        self.style().unpolish(self)
-        self.style().polish(self)
-        self.button.setIcon(icon("close"))
+        if self.property("failed") != (job.state == FAILED):  # re-styling every progress tick is costly
+            self.setProperty("failed", job.state == FAILED)
+            self.style().unpolish(self)
+            self.style().polish(self)
         tip = "Remove from this list" if job.finished else f"Stop indexing {job.path.name}"
         self.button.setToolTip(tip)
         self.button.setAccessibleName(tip)
@@ -212,12 +213,14 @@ class LibraryPanel(FileDropTarget, QWidget):
         dialog = QFileDialog(self, "Add documents to the library")
         dialog.setFileMode(QFileDialog.FileMode.ExistingFiles)
         dialog.filesSelected.connect(lambda files: self.filesDropped.emit([Path(f) for f in files]))
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         dialog.open()
 
     def choose_folder(self) -> None:
         dialog = QFileDialog(self, "Add a folder to the library")
         dialog.setFileMode(QFileDialog.FileMode.Directory)
         dialog.fileSelected.connect(lambda folder: self.filesDropped.emit([Path(folder)]))
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         dialog.open()
 
 

@@ -80,7 +80,6 @@ class _Worker:
 
 
 class LibraryService(QObject):
-    opened = Signal()
     openFailed = Signal(str)
     documentsChanged = Signal(object)  # list[DocumentInfo]
     jobChanged = Signal(object)        # FileJob (a snapshot)
@@ -93,6 +92,8 @@ class LibraryService(QObject):
         self.library = None            # set on the query worker once open; read-only elsewhere
         self.error: str | None = None
         self.documents: list = []      # the latest list, as the GUI last heard it
+        self.listed = False            # whether the GUI has heard the list once (else it is still loading)
+        self.failed = False            # whether the GUI has heard that the library cannot be opened
         self._ready = threading.Event()
         self._cancels: dict[int, threading.Event] = {}
         self._cancels_lock = threading.Lock()
@@ -156,13 +157,11 @@ class LibraryService(QObject):
         return key
 
     def _dispatch(self, kind: str, payload) -> None:
-        if kind == "opened":
-            self.opened.emit()
-        elif kind == "open_failed":
-            self.error = payload
+        if kind == "open_failed":
+            self.failed = True
             self.openFailed.emit(payload)
         elif kind == "documents":
-            self.documents = payload
+            self.documents, self.listed = payload, True
             self.documentsChanged.emit(payload)
         elif kind == "job":
             self.jobChanged.emit(payload)
@@ -190,11 +189,11 @@ class LibraryService(QObject):
             self.library = Library(self.folder, embedder=embedder) if embedder else Library(self.folder)
         except Exception as e:  # a damaged library must not stop chatting
             log.exception("opening the library failed")
-            self._ready.set()
-            self._post("open_failed", f"The document library at {self.folder} cannot be opened: {e}")
+            self.error = f"The document library at {self.folder} cannot be opened: {e}"
+            self._ready.set()  # after `error` is set: the indexing worker reads it once this is set
+            self._post("open_failed", self.error)
             return
         self._ready.set()
-        self._post("opened", None)
         self._post("documents", self.library.documents())
         try:
             self.library.embedder.count_tokens("warm up")  # loads MiniLM now, not on the first question
@@ -202,10 +201,10 @@ class LibraryService(QObject):
             log.exception("loading the embedding model failed")
 
     def _build_prompt(self, request: PromptRequest, key: int) -> None:
-        heavy_imports.ensure()  # the question is embedded: not while the engine imports transformers
-        from rag import DEFAULT_SYSTEM_PROMPT, build_prompt
-        system = DEFAULT_SYSTEM_PROMPT if request.system is None else request.system
-        try:
+        try:  # an import failure too must reach the callback, or the chat waits forever
+            heavy_imports.ensure()  # the question is embedded: not while the engine imports transformers
+            from rag import DEFAULT_SYSTEM_PROMPT, build_prompt
+            system = DEFAULT_SYSTEM_PROMPT if request.system is None else request.system
             prompt = build_prompt(request.question, request.history, library=self.library,
                                   pinned_doc_ids=request.pinned_doc_ids, search=request.search,
                                   system=system, max_context_tokens=request.max_context_tokens)
@@ -237,7 +236,15 @@ class LibraryService(QObject):
 
     def _index(self, paths: list[Path], key: int) -> None:
         self._ready.wait()
-        from rag.library import expand
+        try:  # an import failure too must end the jobs and reach the callback, or the panel waits forever
+            heavy_imports.ensure()  # embedding loads MiniLM: not while the engine imports transformers
+            from rag.library import expand
+        except Exception as e:
+            log.exception("indexing could not start")
+            for path in paths:
+                self._post("job", FileJob(next(self._job_ids), path, FAILED, 1.0, f"Cannot index {path.name}: {e}"))
+            self._call_back(key, [])
+            return
         jobs = [FileJob(next(self._job_ids), p) for p in expand(paths)]
         flags = {job.id: threading.Event() for job in jobs}
         with self._cancels_lock:
@@ -245,7 +252,6 @@ class LibraryService(QObject):
         for job in jobs:
             self._post("job", job)
         kept: list[str] = []
-        heavy_imports.ensure()  # embedding loads MiniLM: not while the engine imports transformers
         for job in jobs:
             job = self._index_file(job, flags[job.id])
             if job.doc_id and job.state in KEPT:

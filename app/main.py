@@ -13,7 +13,6 @@ import os
 import signal
 import sys
 import traceback
-from dataclasses import replace
 from pathlib import Path
 
 from app.paths import data_dir, log_path
@@ -47,6 +46,7 @@ def setup_logging(folder) -> None:
 def _report_unexpected(exc_type, exc, tb) -> None:
     """A bug in a slot: log it and say so in a dialog, but keep the window (and the chats) alive."""
     log.error("unexpected error", exc_info=(exc_type, exc, tb))
+    from PySide6.QtCore import Qt
     from PySide6.QtWidgets import QApplication, QMessageBox
     if QApplication.instance() is None:
         traceback.print_exception(exc_type, exc, tb)
@@ -55,6 +55,7 @@ def _report_unexpected(exc_type, exc, tb) -> None:
                       QMessageBox.StandardButton.Ok, QApplication.activeWindow())
     box.setInformativeText("Your chats are saved. The details are in the log file.")
     box.setDetailedText("".join(traceback.format_exception(exc_type, exc, tb)))
+    box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
     box.open()
 
 
@@ -94,19 +95,18 @@ def run_gui(argv: list[str] | None = None) -> int:
     app.setApplicationName("Folio")
     app.setDesktopFileName("folio")
     app.setWindowIcon(icon("folio"))
-    settings = load_settings(folder)
-    overrides = {}
+    saved = load_settings(folder)
+    overrides: list[dict] = []  # for this run only: the window never saves them
     if args.model:
         source = "gguf" if args.model.lower().endswith(".gguf") else "folder"
-        overrides.update(model_source=source, model_path=args.model)
+        overrides.append({"model_source": source, "model_path": args.model})
     if args.device:
-        overrides["device"] = args.device
+        overrides.append({"device": args.device})
     if args.theme:
-        overrides["theme"] = args.theme
-    settings = replace(settings, **overrides)
-    apply_theme(app, settings.theme)
+        overrides.append({"theme": args.theme})
+    apply_theme(app, args.theme or saved.theme)
     sys.excepthook = _report_unexpected
-    window = MainWindow(folder, settings)
+    window = MainWindow(folder, saved, run_overrides=overrides)
     window.show()
     if args.files:
         window.index([p.absolute() for p in args.files])

@@ -102,12 +102,17 @@ class ErrorBanner(QFrame):
 
 
 class MainWindow(QMainWindow):
-    def __init__(self, data_dir: Path, settings: Settings | None = None, engine=None, embedder=None) -> None:
+    def __init__(self, data_dir: Path, settings: Settings | None = None, engine=None, embedder=None,
+                 run_overrides: list[dict] | None = None) -> None:
         """`engine`: an engine-like object to use instead of loading one (shared by tests; the
-        window never shuts it down). `embedder`: a rag Embedder to share."""
+        window never shuts it down). `embedder`: a rag Embedder to share. `run_overrides`: one dict
+        of Settings fields per command-line option (--model, --device, --theme), applied on top of
+        `settings` for this run only: they are never saved unless the user changes those fields."""
         super().__init__()
         self.data_dir = data_dir
-        self.settings = settings if settings is not None else load_settings(data_dir)
+        self._saved = settings if settings is not None else load_settings(data_dir)
+        self._run_overrides = list(run_overrides or [])
+        self.settings = replace(self._saved, **{k: v for group in self._run_overrides for k, v in group.items()})
         self.setWindowTitle("Folio")
         self.resize(1200, 800)
         self.history = History(history_path(data_dir))
@@ -218,12 +223,12 @@ class MainWindow(QMainWindow):
     # ------------------------------------------------------------------ tabs
 
     def _restore_tabs(self) -> None:
+        current = self.history.current()  # before the first tab, whose arrival makes itself current
         records = self.history.open_chats()
         for record in records:
             self._add_tab(record)
         if not records:
             self.new_chat()
-        current = self.history.current()
         if current in self.sessions:
             self.tabs.setCurrentWidget(self.view(current))
 
@@ -298,6 +303,8 @@ class MainWindow(QMainWindow):
         record = self.history.reopen_last_closed()
         if record is None:
             return None
+        for closing in [s for s in self._closing if s.chat_id == record.id]:
+            closing.abandon()  # its answer still stopping: saved now, so one session writes the chat
         session = self._add_tab(record)
         self.tabs.setCurrentIndex(self.tabs.count() - 1)
         return session
@@ -311,6 +318,7 @@ class MainWindow(QMainWindow):
         dialog.setLabelText("Name:")
         dialog.setTextValue(view.session.title)
         dialog.textValueSelected.connect(view.session.rename)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         dialog.open()
         return dialog
 
@@ -348,11 +356,12 @@ class MainWindow(QMainWindow):
 
     def _engine_state(self, state: str, detail: str) -> None:
         if state == engine_bridge.LOADING:
+            self.kv.hide()  # the old engine's pool is gone; statsChanged brings the new one's
             self.engine_label.setText(f"Loading {detail}…")
         elif state == engine_bridge.READY:
-            self.banner.hide()
-            self._engine_stats(self.bridge.engine.stats())  # the label, and the KV picture or none for a remote
+            self.banner.hide()  # the label and the KV picture follow with the first statsChanged
         elif state == engine_bridge.FAILED:
+            self.kv.hide()
             self.engine_label.setText("No model loaded")
             self.banner.show_error(detail)
 
@@ -371,18 +380,28 @@ class MainWindow(QMainWindow):
     def open_settings(self) -> SettingsDialog:
         dialog = SettingsDialog(self.settings, self)
         dialog.accepted_settings.connect(self.apply_settings)
+        dialog.finished.connect(lambda *_: setattr(self, "settings_dialog", None))
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         dialog.open()
         self.settings_dialog = dialog
         return dialog
 
     def apply_settings(self, settings: Settings) -> None:
         old, self.settings = self.settings, settings
-        save_settings(self.data_dir, settings)
+        self._saved = self._without_run_overrides(settings)
+        save_settings(self.data_dir, self._saved)
         if settings.theme != old.theme:
             apply_theme(QApplication.instance(), settings.theme)
             self._redraw_messages()
         if settings.engine_key() != old.engine_key():
             self.restart_engine()
+
+    def _without_run_overrides(self, settings: Settings) -> Settings:
+        """What to save: a command-line option whose fields the user left alone keeps the saved
+        values; one the user changed is theirs from now on (and no longer an override)."""
+        self._run_overrides = [group for group in self._run_overrides
+                               if all(getattr(settings, k) == v for k, v in group.items())]
+        return replace(settings, **{k: getattr(self._saved, k) for group in self._run_overrides for k in group})
 
     def set_theme(self, name: str) -> None:
         self.apply_settings(replace(self.settings, theme=name))

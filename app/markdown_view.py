@@ -28,17 +28,14 @@ class MarkdownView(QTextBrowser):
         self.viewport().setAutoFillBackground(False)
         self.document().setDocumentMargin(2)
         self.document().documentLayout().documentSizeChanged.connect(self._fit_height)
-        self.markdown = ""
 
     def set_markdown(self, text: str) -> None:
-        self.markdown = text
         doc = self.document()
         doc.setMarkdown(text, QTextDocument.MarkdownFeature.MarkdownDialectGitHub)
         _style_code(doc)
         self._fit_height()
 
     def set_plain(self, text: str) -> None:
-        self.markdown = text
         self.setPlainText(text)
         self._fit_height()
 

@@ -48,7 +48,8 @@ def _load(state: dict, model: str | None, device: str) -> str:
 
 def _answer(state: dict) -> str:
     from engine import SamplingParams
-    out = state["llm"].chat([[{"role": "user", "content": "Say hello."}]], SamplingParams(max_tokens=8, temperature=0))[0]
+    params = SamplingParams(max_tokens=8, temperature=0)
+    out = state["llm"].chat([[{"role": "user", "content": "Say hello."}]], params)[0]
     if not out.token_ids:
         raise RuntimeError("the model produced no tokens")
     return repr(out.text)

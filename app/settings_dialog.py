@@ -15,6 +15,7 @@ from PySide6.QtWidgets import (QComboBox, QDialog, QDialogButtonBox, QDoubleSpin
                                QGroupBox, QHBoxLayout, QLabel, QLineEdit, QPlainTextEdit, QPushButton, QSpinBox,
                                QVBoxLayout, QWidget)
 
+from app import heavy_imports
 from app.engine_bridge import user_message
 from app.settings import DEVICES, LOCAL_FILE_SOURCES, THEMES, Preset, Settings, load_presets
 
@@ -238,12 +239,14 @@ class SettingsDialog(QDialog):
             dialog.setFileMode(QFileDialog.FileMode.ExistingFile)
             dialog.setNameFilter("GGUF models (*.gguf)")
         dialog.fileSelected.connect(self.path.setText)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         dialog.open()
 
 
 def _run_connection_test(result: Future, url: str, key: str | None, model: str | None, timeout: float) -> None:
     """Worker thread: the success line, or the error, lands in `result`."""
     try:
+        heavy_imports.ensure()  # app.remote imports torch and transformers: not while another worker does
         from app.remote import test_connection  # imports the engine package (torch): not in the GUI thread
         result.set_result(test_connection(url, key, model, timeout))
     except Exception as e:  # a RemoteError says what is wrong; anything else is a bug, logged

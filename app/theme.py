@@ -2,6 +2,7 @@
 the palette's text colour at whatever size and device-pixel ratio the screen asks for."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from importlib import resources
 
@@ -98,5 +99,10 @@ class _SvgIconEngine(QIconEngine):
 
 
 def icon(name: str) -> QIcon:
-    svg = resources.files("resources").joinpath("icons", f"{name}.svg").read_bytes()
-    return QIcon(_SvgIconEngine(svg))
+    return QIcon(_SvgIconEngine(_svg(name)))
+
+
+@functools.cache
+def _svg(name: str) -> bytes:
+    """Read once: icons are made on every tab, row and message."""
+    return resources.files("resources").joinpath("icons", f"{name}.svg").read_bytes()

@@ -1,9 +1,11 @@
 """The chat window on the real bundled model: tabs that stream at once, stop and close, the
 keyboard, and an event loop that keeps running while answers stream."""
+import threading
 import time
 
 from PySide6.QtCore import Qt, QTimer
 
+from app.engine_bridge import READY, EngineBridge, Generation
 from app.messages import DONE, STOPPED, STREAMING
 from app_fixtures import make_window, shared_engine  # noqa: F401 (fixtures)
 from app_fixtures import engine_free_blocks, settings, type_and_send, wait_answer
@@ -123,3 +125,41 @@ def test_event_loop_keeps_running_while_answers_stream(qtbot, make_window, capsy
               f"longest stall {max(gaps) * 1000:.1f} ms, median {sorted(gaps)[len(gaps) // 2] * 1000:.1f} ms")
     assert len(gaps) > 50, "the GUI thread must keep turning while the engine works"
     assert all(v.session.model[-1].status == DONE for v in views)
+
+
+def test_every_generation_is_released_when_it_ends(qtbot, make_window, shared_engine):
+    window = make_window(settings=settings(max_tokens=300))
+    view = window.current_view()
+    type_and_send(qtbot, view, QUESTIONS[0])
+    assert wait_answer(qtbot, view).status == DONE
+    type_and_send(qtbot, view, QUESTIONS[1])
+    qtbot.waitUntil(lambda: view.session.model[-1].status == STREAMING, timeout=60_000)
+    view.session.stop()
+    assert wait_answer(qtbot, view).status == STOPPED
+    qtbot.waitUntil(lambda: not window.bridge.findChildren(Generation), timeout=5_000)  # deleted, prompt and all
+    assert window.bridge._active == {}
+
+    gate = threading.Event()  # an engine still loading: the answer is cancelled before it is submitted
+    bridge = EngineBridge()
+    bridge.start(lambda: gate.wait() and shared_engine, owned=False)
+    generation = bridge.submit([{"role": "user", "content": "Hi"}], {"max_tokens": 4, "temperature": 0.0})
+    ended, deleted = [], []
+    generation.finished.connect(ended.append)
+    generation.destroyed.connect(lambda *_: deleted.append(True))
+    generation.cancel()
+    qtbot.waitUntil(lambda: bool(ended) and bool(deleted), timeout=5_000)
+    gate.set()
+    qtbot.waitUntil(lambda: bridge.state == READY, timeout=60_000)
+    assert ended[0].finish_reason == "abort" and bridge._active == {}
+    bridge.shutdown()
+
+
+def test_reopening_a_chat_whose_answer_is_still_stopping_keeps_one_session(qtbot, make_window):
+    window = make_window(settings=settings(max_tokens=400))
+    old = window.current_session()
+    type_and_send(qtbot, window.current_view(), "Tell me a long story about a dragon and a lighthouse.")
+    qtbot.waitUntil(lambda: old.model[-1].status == STREAMING, timeout=60_000)
+    window.close_tab(window.tabs.currentIndex())
+    reopened = window.reopen_chat()
+    assert reopened.chat_id == old.chat_id and not old.busy and not window._closing
+    assert reopened.model[-1].status == STOPPED and reopened.model[-1].content == old.model[-1].content

@@ -81,3 +81,18 @@ def test_bad_file_fails_alone_and_indexing_can_be_cancelled(qtbot, make_window, 
     assert {r.job.path.name for r in panel.rows.values()} == {"broken.pdf", "notes.md", "big.txt"}
     qtbot.mouseClick(panel.clear_button, Qt.MouseButton.LeftButton)
     assert panel.rows == {} and not panel.clear_button.isVisible()
+
+
+def test_a_pinned_document_says_whether_it_is_removed_or_the_library_is_broken(qtbot, make_window, tmp_path):
+    window = make_window(tmp_path / "fine")
+    qtbot.waitUntil(lambda: window.library.listed, timeout=10_000)
+    window.current_session().pin(["no-such-document"])
+    assert "(removed from the library)" in window.current_view().documents.pins.text()
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "library").write_text("a file where the library folder should be")
+    window = make_window(broken, wait=False)
+    window.current_session().pin(["no-such-document"])
+    qtbot.waitUntil(lambda: window.library.failed, timeout=60_000)
+    assert "(the library cannot be opened)" in window.current_view().documents.pins.text()

@@ -2,7 +2,10 @@
 the chosen device, a question too long for the context."""
 from PySide6.QtCore import Qt
 
+from app import heavy_imports
 from app.engine_bridge import FAILED, READY
+from app.library_service import FAILED as JOB_FAILED
+from app.library_service import LibraryService, PromptRequest
 from app.messages import ERROR
 from app_fixtures import make_window, shared_engine  # noqa: F401 (fixtures)
 from app_fixtures import drop_files, settings, type_and_send, wait_answer
@@ -64,3 +67,36 @@ def test_a_question_too_long_for_the_context_is_an_inline_error(qtbot, make_wind
     assert answer.status == ERROR and "context" in answer.error
     type_and_send(qtbot, view, "Hi!")  # the chat goes on
     assert wait_answer(qtbot, view).status != ERROR
+
+
+def test_a_library_import_failure_reaches_the_chat_and_the_panel(qtbot, tmp_path, embedder, monkeypatch):
+    service = LibraryService(tmp_path / "library", embedder)
+    qtbot.waitUntil(lambda: service.library is not None, timeout=120_000)
+
+    def broken() -> None:
+        raise ImportError("chromadb is damaged")
+
+    monkeypatch.setattr(heavy_imports, "ensure", broken)
+    prompts, indexed, jobs = [], [], []
+    service.jobChanged.connect(jobs.append)
+    service.build_prompt(PromptRequest("Hi", [], [], search=True, system=None), lambda *args: prompts.append(args))
+    (tmp_path / "note.txt").write_text("a note")
+    service.index([tmp_path / "note.txt"], indexed.append)
+    qtbot.waitUntil(lambda: bool(prompts) and bool(indexed), timeout=10_000)
+    service.shutdown()
+    assert prompts[0][0] is None and "chromadb is damaged" in prompts[0][1]
+    assert indexed == [[]] and [j.state for j in jobs] == [JOB_FAILED] and "chromadb is damaged" in jobs[0].error
+
+
+def test_a_failed_reload_forgets_the_old_engines_stats(qtbot, make_window):
+    window = make_window()
+    qtbot.waitUntil(lambda: "max_model_len" in window.bridge.last_stats, timeout=10_000)
+    assert window.kv.isVisible()
+
+    def broken():
+        raise RuntimeError("the new model is broken")
+
+    window.bridge.start(broken, "broken model")
+    qtbot.waitUntil(lambda: window.bridge.state == FAILED, timeout=10_000)
+    assert window.bridge.last_stats == {} and not window.kv.isVisible()
+    assert "the new model is broken" in window.banner.text.text()

@@ -4,9 +4,11 @@ from PySide6.QtCore import Qt
 
 from app.history import History
 from app.messages import DONE, INTERRUPTED, STOPPED, STREAMING
+from app.main_window import MainWindow
 from app.paths import history_path
+from app.settings import load_settings
 from app_fixtures import make_window, shared_engine  # noqa: F401 (fixtures)
-from app_fixtures import settings, type_and_send, wait_answer
+from app_fixtures import TEST_SETTINGS, settings, type_and_send, wait_answer
 
 
 def test_restart_restores_tabs_messages_and_a_partial_answer(qtbot, make_window, tmp_path):
@@ -49,3 +51,36 @@ def test_restart_restores_tabs_messages_and_a_partial_answer(qtbot, make_window,
     qtbot.keyClick(view.composer, Qt.Key.Key_R, Qt.KeyboardModifier.ControlModifier)
     qtbot.keyClick(view.composer, Qt.Key.Key_Escape)
     assert wait_answer(qtbot, view).status == STOPPED and len(view.session.model) == 2
+
+
+def test_restart_restores_the_current_tab(qtbot, make_window, tmp_path):
+    data_dir = tmp_path / "profile"
+    window = make_window(data_dir)
+    window.new_chat()
+    window.new_chat()
+    window.tabs.setCurrentIndex(1)
+    current = window.current_session().chat_id
+    window.close()
+
+    again = make_window(data_dir)
+    assert again.tabs.count() == 3 and again.current_session().chat_id == current
+
+
+def test_command_line_overrides_hold_for_this_run_only(qtbot, tmp_path, shared_engine, embedder):
+    data_dir = tmp_path / "profile"
+    window = MainWindow(data_dir, TEST_SETTINGS, engine=shared_engine, embedder=embedder,
+                        run_overrides=[{"theme": "dark"}, {"device": "cpu"}])
+    qtbot.addWidget(window)
+    assert (window.settings.theme, window.settings.device) == ("dark", "cpu")
+
+    window.apply_settings(settings(theme="dark", device="cpu", temperature=0.5))  # the user changed one field
+    saved = load_settings(data_dir)
+    assert (saved.theme, saved.device, saved.temperature) == (TEST_SETTINGS.theme, TEST_SETTINGS.device, 0.5)
+    assert (window.settings.theme, window.settings.device) == ("dark", "cpu")
+
+    window.restart_engine = lambda: None  # a device change reloads the model: not what is tested here
+    window.apply_settings(settings(theme="dark", device="auto", temperature=0.5))  # the user chose a device
+    window.apply_settings(settings(theme="dark", device="cpu", temperature=0.5))   # ... and then cpu: theirs now
+    saved = load_settings(data_dir)
+    assert (saved.theme, saved.device) == (TEST_SETTINGS.theme, "cpu")
+    window.close()
