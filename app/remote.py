@@ -62,8 +62,10 @@ class RemoteHandle(RequestHandle):
 
     def cancel(self) -> None:
         """Stop: the connection is shut at once, and the handle finishes with reason "abort"
-        and the text so far."""
+        and the text so far. Nothing once the answer is done."""
         with self._lock:
+            if self.done:
+                return
             self.cancelled = True
             _shut(self._socket)
 
@@ -76,6 +78,12 @@ class RemoteHandle(RequestHandle):
             self._socket = sock
             if self.cancelled:
                 _shut(sock)
+
+    def _detach(self) -> None:
+        """Forget the socket before the stream ends: it goes back to the client's pool and
+        may carry another request, which a late `cancel` must not cut."""
+        with self._lock:
+            self._socket = None
 
 
 class RemoteEngine:
@@ -178,10 +186,13 @@ class RemoteEngine:
             path, body = self._request(prompt, params)
             with self._client.stream("POST", f"{self.base_url}{path}", json=body) as response:
                 handle._attach(response)
-                if response.status_code != 200:
-                    response.read()
-                    raise _status_error(response)
-                stream.read(_sse_data(response.iter_lines()), handle)
+                try:
+                    if response.status_code != 200:
+                        response.read()
+                        raise _status_error(response)
+                    stream.read(_sse_data(response.iter_lines()), handle)
+                finally:
+                    handle._detach()
             if not stream.complete and not handle.cancelled:
                 raise RemoteError(f"{self.base_url} closed the stream before the answer was complete")
         except Exception as e:

@@ -85,7 +85,8 @@ def _serve(sock: socket.socket, engine_thread, name: str, args: argparse.Namespa
     from app.server_app import create_app
 
     aliases = [args.served_model_name] if args.served_model_name else []
-    app = create_app(engine_thread, api_key=args.api_key, model_name=name, aliases=aliases)
+    app = create_app(engine_thread, api_key=args.api_key, model_name=name, aliases=aliases,
+                     loopback_only=is_loopback(args.host))
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     print(f"Serving {name} at http://{shown}:{port}/v1 (Ctrl+C stops)", file=sys.stderr, flush=True)
@@ -101,7 +102,8 @@ def bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if os.name != "nt":  # on Windows it would let a second server share the port
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
         sock.listen(2048)  # uvicorn's backlog
     except OSError:

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -29,6 +30,7 @@ from engine import EngineThread, RequestHandle, RequestOutput, SamplingParams
 MAX_CHOICES = 64  # n x prompts in one HTTP request
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
 def bundled_embedder():
@@ -37,10 +39,12 @@ def bundled_embedder():
 
 
 def create_app(engine_thread: EngineThread, embedder_factory: Callable[[], object] | None = bundled_embedder,
-               api_key: str | None = None, model_name: str | None = None, aliases: Sequence[str] = ()) -> FastAPI:
+               api_key: str | None = None, model_name: str | None = None, aliases: Sequence[str] = (),
+               loopback_only: bool = False) -> FastAPI:
     """The app for a loaded engine (waits for it to load). `model_name` is the id clients see
     (default: the model folder's name); `aliases` are accepted too. `embedder_factory` makes
-    the `/v1/embeddings` model (None: no embeddings); the embedder loads on first use."""
+    the `/v1/embeddings` model (None: no embeddings); the embedder loads on first use.
+    `loopback_only` (a server bound to loopback) refuses requests not addressed to this machine."""
     engine = engine_thread.wait_ready()
     names = [model_name or engine.model_path.name, *aliases]
     server = OpenAIServer(engine_thread, list(dict.fromkeys(names)),
@@ -48,6 +52,8 @@ def create_app(engine_thread: EngineThread, embedder_factory: Callable[[], objec
     app = FastAPI(title="Folio", docs_url=None, redoc_url=None, openapi_url=None)
     if api_key:
         app.add_middleware(RequireKey, api_key=api_key)
+    if loopback_only:  # added last: checked first
+        app.add_middleware(RequireLoopbackHost)
     app.add_exception_handler(APIError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
@@ -275,31 +281,27 @@ class OpenAIServer:
             for p in params:
                 requests.submit(prompt, p)
         if body.stream:
-            return StreamingResponse(self._stream(requests, reply), media_type="text/event-stream",
-                                     headers=SSE_HEADERS)
+            return EngineStream(self._stream(requests, reply), requests)
         return await self._collect(requests, reply, request)
 
     async def _stream(self, requests: EngineRequests, reply: Reply) -> AsyncIterator[str]:
         outputs: dict[int, RequestOutput] = {}
-        try:
-            if reply.chat:
-                for i in range(len(requests.handles)):
-                    yield _sse(reply.role_chunk(i))
-            async for event in requests.events():
-                if event.kind == "delta":
-                    yield _sse(reply.chunk(event.index, event.payload))
-                elif event.kind == "finish":
-                    outputs[event.index] = event.payload
-                    yield _sse(reply.chunk(event.index, "", event.payload.finish_reason))
-                else:
-                    yield _sse(_engine_error(event.payload).body())
-                    break
+        if reply.chat:
+            for i in range(len(requests.handles)):
+                yield _sse(reply.role_chunk(i))
+        async for event in requests.events():
+            if event.kind == "delta":
+                yield _sse(reply.chunk(event.index, event.payload))
+            elif event.kind == "finish":
+                outputs[event.index] = event.payload
+                yield _sse(reply.chunk(event.index, "", event.payload.finish_reason))
             else:
-                if reply.include_usage:
-                    yield _sse(reply.usage_chunk(outputs))
-            yield "data: [DONE]\n\n"
-        finally:  # also when the client went away: Starlette cancels this generator then
-            requests.cancel()
+                yield _sse(_engine_error(event.payload).body())
+                break
+        else:
+            if reply.include_usage:
+                yield _sse(reply.usage_chunk(outputs))
+        yield "data: [DONE]\n\n"
 
     async def _collect(self, requests: EngineRequests, reply: Reply, request: Request) -> Response:
         outputs: dict[int, RequestOutput] = {}
@@ -345,6 +347,22 @@ class OpenAIServer:
 
 # ---------------------------------------------------------------------------------- plumbing
 
+class EngineStream(StreamingResponse):
+    """A server-sent-events answer that cancels its engine requests however it ends. The
+    generator's own cleanup is not enough: when the client is gone before the first chunk,
+    Starlette cancels the response before the generator has started, so its `finally` never runs."""
+
+    def __init__(self, chunks: AsyncIterator[str], requests: EngineRequests) -> None:
+        super().__init__(chunks, media_type="text/event-stream", headers=SSE_HEADERS)
+        self.requests = requests
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.requests.cancel()
+
+
 class RequireKey:
     """Every request must carry `Authorization: Bearer KEY` (checked before the body is read,
     so a wrong key is a 401 whatever the body holds)."""
@@ -363,6 +381,32 @@ class RequireKey:
                 await JSONResponse(error.body(), status_code=401)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+class RequireLoopbackHost:
+    """Every request must name this machine in its Host header. A web page whose domain was
+    rebound to 127.0.0.1 (DNS rebinding) sends its own name there; without this check it could
+    use a keyless loopback server through the user's browser."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and _host_name(scope) not in LOOPBACK_NAMES:
+            error = APIError(403, "This server only answers requests addressed to localhost, 127.0.0.1 or [::1].",
+                             code="invalid_host")
+            await JSONResponse(error.body(), status_code=403)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _host_name(scope) -> str | None:
+    """The name in the Host header, without port or brackets ("[::1]:8000" -> "::1")."""
+    host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
+    try:
+        return urlsplit("//" + host).hostname
+    except ValueError:  # "[::1" and the like
+        return None
 
 
 async def _disconnected(request: Request) -> None:

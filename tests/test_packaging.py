@@ -89,6 +89,24 @@ def test_install_desktop_installs_and_uninstalls(tmp_path):
     assert not mime_cache.exists() or "folio.desktop" not in mime_cache.read_text()
 
 
+def test_install_desktop_escapes_a_percent_in_the_program_path(tmp_path):
+    checkout = tmp_path / "100% folio"  # a checkout of its own, so the program's path holds a %
+    (checkout / "packaging" / "linux").mkdir(parents=True)
+    for name in ("install-desktop.sh", "folio.desktop", "folio.svg", "folio.png"):
+        shutil.copy(PACKAGING / "linux" / name, checkout / "packaging" / "linux" / name)
+    program = checkout / ".venv" / "bin" / "folio"
+    program.parent.mkdir(parents=True)
+    program.write_text("#!/bin/sh\n")
+    program.chmod(0o755)
+    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "share"), "HOME": str(tmp_path)}
+    subprocess.run(["bash", str(checkout / "packaging" / "linux" / "install-desktop.sh")],
+                   env=env, check=True, capture_output=True, text=True)
+
+    entry = read_desktop_entry(tmp_path / "share" / "applications" / "folio.desktop")
+    assert entry["TryExec"] == str(program)
+    assert shlex.split(entry["Exec"]) == [str(program).replace("%", "%%"), "%F"]
+
+
 # ---------------------------------------------------------------------------------- icons
 
 def test_svg_icon_is_valid_square_svg():

@@ -106,6 +106,22 @@ def test_cancel_stops_the_answer_and_frees_the_servers_blocks(engine, server):
     assert idle["num_running"] == 0 and idle["blocks_used"] == 0
 
 
+def test_a_late_cancel_leaves_the_next_request_on_the_same_connection_alone(engine, server):
+    too_long = [42] * (wait_until_idle(server)["max_model_len"] + 3)
+    first = engine.submit(too_long, GREEDY)
+    with pytest.raises(RemoteError):  # a 400 read to its end: the connection goes back to the pool
+        first.result(timeout=120)
+    streaming = threading.Event()
+    second = engine.submit(HI, SamplingParams(temperature=0, max_tokens=24),
+                           on_delta=lambda _: streaming.set())
+    assert streaming.wait(120)
+
+    first.cancel()
+
+    assert not first.cancelled
+    assert second.result(timeout=120).finish_reason in ("stop", "length")
+
+
 def test_shutdown_cancels_what_is_running(server):
     engine = RemoteEngine(server.base_url, KEY, MODEL)
     first_delta = threading.Event()

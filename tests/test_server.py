@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import socket
 from concurrent.futures import ThreadPoolExecutor
 
@@ -12,7 +13,7 @@ import numpy as np
 import openai
 import pytest
 
-from app.server import exposure_warning, is_loopback, main as serve_main
+from app.server import bind, exposure_warning, is_loopback, main as serve_main
 from serve_process import HI, KEY, LONG_ANSWER, MODEL, ServerProcess, stats, wait_until, wait_until_idle
 
 ALIAS = "folio-test"
@@ -205,6 +206,16 @@ def test_a_wrong_or_missing_api_key_is_a_401(server):
     assert_openai_error(post(server, "/chat/completions", {"messages": HI}, key=None), 401)
 
 
+def test_a_host_other_than_this_machine_is_a_403(server):
+    # a page whose domain was rebound to 127.0.0.1 (DNS rebinding) sends its own name as Host
+    for host in ("evil.example", f"evil.example:{server.port}", "127.0.0.1.evil.example"):
+        refused = httpx.get(f"{server.base_url}/models", headers={"Host": host, "Authorization": f"Bearer {KEY}"})
+        assert assert_openai_error(refused, 403)["code"] == "invalid_host"
+    for host in (f"127.0.0.1:{server.port}", f"localhost:{server.port}", f"[::1]:{server.port}", "LOCALHOST"):
+        served = httpx.get(f"{server.base_url}/models", headers={"Host": host, "Authorization": f"Bearer {KEY}"})
+        assert served.status_code == 200, (host, served.text)
+
+
 # ---------------------------------------------------------------------------------- load
 
 def test_a_client_that_disconnects_mid_stream_frees_its_blocks(server):
@@ -244,6 +255,21 @@ def test_a_client_that_hangs_up_before_a_non_streamed_answer_frees_its_blocks(se
     assert idle["num_running"] == 0 and idle["blocks_used"] == 0
 
 
+def test_a_client_that_hangs_up_before_the_stream_starts_frees_its_blocks(server, client):
+    assert wait_until_idle(server)["blocks_used"] == 0
+    body = json.dumps({"model": MODEL, "messages": LONG_ANSWER, "stream": True, "temperature": 0,
+                       "ignore_eos": True}).encode()  # the whole context if not cancelled
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {KEY}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(head + body)  # closed at once: gone before the response's first step
+    # a short answer meanwhile: by its end the doomed request has been submitted too
+    assert client.chat.completions.create(model=MODEL, messages=HI, **greedy(4)).choices[0].message.content
+
+    idle = wait_until_idle(server)
+    assert idle["num_running"] == 0 and idle["num_waiting"] == 0 and idle["blocks_used"] == 0
+
+
 def test_32_concurrent_streaming_clients_all_get_the_right_text(client, server):
     prompts = [[{"role": "user", "content": f"Name a colour. ({i})"}] for i in range(4)]
     expected = [client.chat.completions.create(model=MODEL, messages=p, **greedy(8)).choices[0].message.content
@@ -278,6 +304,12 @@ def test_listening_beyond_loopback_without_a_key_warns():
     assert exposure_warning("127.0.0.1", None) is None
     assert exposure_warning("0.0.0.0", "KEY") is None
     assert "without an API key" in exposure_warning("0.0.0.0", None)
+
+
+def test_the_port_is_not_shared_on_windows(monkeypatch):
+    monkeypatch.setattr(os, "name", "nt")  # there SO_REUSEADDR lets a second server take the port
+    with bind("127.0.0.1", 0) as sock:
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) == 0
 
 
 def test_the_server_binds_loopback_by_default(server):

@@ -44,9 +44,10 @@ esac
 
 mkdir -p "$apps" "$icons/scalable/apps" "$icons/256x256/apps"
 # The quoted absolute path survives spaces; TryExec hides the entry if the program goes away.
+# Exec= reads % as a field code, so a literal one is written %% there (TryExec takes the path as is).
 while IFS= read -r line; do
     case "$line" in
-        "Exec=folio "*) printf 'TryExec=%s\nExec="%s" %s\n' "$program" "$program" "${line#Exec=folio }" ;;
+        "Exec=folio "*) printf 'TryExec=%s\nExec="%s" %s\n' "$program" "${program//%/%%}" "${line#Exec=folio }" ;;
         *) printf '%s\n' "$line" ;;
     esac
 done < "$here/folio.desktop" > "$apps/folio.desktop"
