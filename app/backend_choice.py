@@ -16,11 +16,15 @@ REMOTE_CONTEXT_TOKENS = 8192   # assumed for a remote model: the API does not re
 REMOTE_CHARS_PER_TOKEN = 3     # a cautious estimate, for budgeting a prompt without the tokenizer
 
 
-def add_backend_arguments(p: argparse.ArgumentParser) -> None:
+def add_local_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", metavar="PATH",
                    help="a Hugging Face model folder or a .gguf file (default: the bundled SmolLM2)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="where the model runs (default: %(default)s: the GPU if there is one)")
+
+
+def add_backend_arguments(p: argparse.ArgumentParser) -> None:
+    add_local_model_arguments(p)
     p.add_argument("--remote", metavar="URL",
                    help="use an OpenAI-compatible server (e.g. http://host:8000/v1) instead of the local model")
     p.add_argument("--remote-key", metavar="KEY", default=os.environ.get("FOLIO_REMOTE_KEY"),
@@ -62,15 +66,24 @@ def start_backend(args: argparse.Namespace) -> Backend:
         return Backend(engine, f"{model} at {args.remote}",
                        lambda s: len(s) // REMOTE_CHARS_PER_TOKEN + 1, REMOTE_CONTEXT_TOKENS)
 
-    from engine import EngineThread, ModelLoadError
-    if args.device == "cuda":
+    engine_thread, engine = start_local(args.model, args.device)
+    return Backend(engine_thread, f"{engine.model_path.name} on {engine.config.device}",
+                   lambda s: len(engine.tokenizer.encode(s)), engine.max_model_len)
+
+
+def check_device(device: str) -> None:
+    if device == "cuda":
         import torch
         if not torch.cuda.is_available():
             raise BackendError("--device cuda was asked for, but no CUDA GPU is available")
-    engine_thread = EngineThread(args.model, device=args.device)
+
+
+def start_local(model: str | None, device: str, **config):
+    """An `EngineThread` on a local model, loaded: (engine thread, its engine)."""
+    from engine import EngineThread, ModelLoadError
+    check_device(device)
+    engine_thread = EngineThread(model, device=device, **config)
     try:
-        engine = engine_thread.wait_ready()
+        return engine_thread, engine_thread.wait_ready()
     except ModelLoadError as e:
         raise BackendError(f"cannot load the model: {e}") from None
-    return Backend(engine_thread, f"{engine.model_path.name} on {engine.config.device}",
-                   lambda s: len(engine.tokenizer.encode(s)), engine.max_model_len)

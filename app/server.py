@@ -14,6 +14,8 @@ import socket
 import sys
 from pathlib import Path
 
+from app.backend_choice import BackendError, add_local_model_arguments, check_device, start_local
+
 EXIT_OK = 0
 EXIT_USAGE = 2  # bad arguments, an address that cannot be bound, a model that cannot be loaded
 EXIT_INTERRUPTED = 130
@@ -23,10 +25,7 @@ API_KEY_ENV = "FOLIO_API_KEY"
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", metavar="PATH",
-                        help="a Hugging Face model folder or a .gguf file (default: the bundled SmolLM2)")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                        help="where the model runs (default: %(default)s: the GPU if there is one)")
+    add_local_model_arguments(parser)
     parser.add_argument("--host", default=DEFAULT_HOST,
                         help="address to listen on (default: %(default)s, this computer only)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT,
@@ -46,10 +45,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _error(f"folio serve: --port must be between 0 and 65535, got {args.port}")
     if args.max_model_len is not None and args.max_model_len < 2:
         return _error(f"folio serve: --max-model-len must be at least 2, got {args.max_model_len}")
-    if args.device == "cuda":
-        import torch
-        if not torch.cuda.is_available():
-            return _error("folio serve: --device cuda was asked for, but no CUDA GPU is available")
+    try:
+        check_device(args.device)
+    except BackendError as e:
+        return _error(f"folio serve: {e}")
     try:
         sock = bind(args.host, args.port)
     except OSError as e:
@@ -57,18 +56,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if warning := exposure_warning(args.host, args.api_key):
         print(warning, file=sys.stderr, flush=True)
 
-    from engine import EngineThread, ModelLoadError
-
     print("Loading model…", file=sys.stderr, flush=True)
-    config = {"device": args.device}
-    if args.max_model_len is not None:
-        config["max_model_len"] = args.max_model_len
-    engine_thread = EngineThread(args.model, **config)
+    config = {} if args.max_model_len is None else {"max_model_len": args.max_model_len}
     try:
-        engine = engine_thread.wait_ready()
-    except ModelLoadError as e:
+        engine_thread, engine = start_local(args.model, args.device, **config)
+    except BackendError as e:
         sock.close()
-        return _error(f"folio serve: cannot load the model: {e}")
+        return _error(f"folio serve: {e}")
     except KeyboardInterrupt:
         sock.close()
         print(file=sys.stderr)

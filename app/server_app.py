@@ -238,12 +238,7 @@ class OpenAIServer:
     def _tokenize(self, prompt: str | list[int] | list[dict], param: str) -> list[int]:
         """Token ids of a prompt that fits the context, or a 400 that says why not (worker thread)."""
         try:
-            if isinstance(prompt, str):
-                ids = self.engine.tokenizer.encode(prompt)
-            elif prompt and isinstance(prompt[0], dict):
-                ids = self.engine.tokenizer.apply_chat_template(prompt)
-            else:
-                ids = list(prompt)
+            ids = self.engine.tokenizer.prompt_ids(prompt)
         except (ValueError, TemplateError) as e:
             raise APIError(400, f"cannot build the prompt: {e}", param=param) from e
         limit = self.engine.max_model_len

@@ -178,7 +178,7 @@ class EngineThread:
                 handle._fail(self.load_error or RuntimeError("the engine is not loaded"))
                 return
             try:
-                ids = self._tokenize(command.prompt)
+                ids = self.engine.tokenizer.prompt_ids(command.prompt)
                 self.engine.add_request(ids, command.params, handle.request_id)
             except Exception as e:
                 handle._fail(e)
@@ -191,14 +191,6 @@ class EngineThread:
                 output = self.engine.abort_request(request_id)
                 if output is not None:
                     handle._finish(output)
-
-    def _tokenize(self, prompt: Prompt) -> list[int]:
-        assert self.engine is not None
-        if isinstance(prompt, str):
-            return self.engine.tokenizer.encode(prompt)
-        if prompt and isinstance(prompt[0], dict):
-            return self.engine.tokenizer.apply_chat_template(prompt)
-        return list(prompt)
 
     def _step(self) -> None:
         assert self.engine is not None

@@ -32,6 +32,14 @@ class Tokenizer:
         text = self.hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return self.hf.encode(text, add_special_tokens=False)
 
+    def prompt_ids(self, prompt: str | list[int] | list[dict]) -> list[int]:
+        """Any prompt the engine takes: plain text, chat messages ({"role", "content"}), or ids."""
+        if isinstance(prompt, str):
+            return self.encode(prompt)
+        if prompt and isinstance(prompt[0], dict):
+            return self.apply_chat_template(prompt)
+        return list(prompt)
+
 
 class IncrementalDetokenizer:
     """Turns a growing list of token ids into text deltas.
