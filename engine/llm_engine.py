@@ -10,6 +10,7 @@ import torch
 
 from engine.block_manager import BlockManager
 from engine.config import EngineConfig
+from engine.errors import RequestError
 from engine.loader import ModelLoadError, read_config, resolve_model
 from engine.model_runner import ModelRunner
 from engine.outputs import CompletionOutput, RequestMetrics, RequestOutput
@@ -72,13 +73,13 @@ class LLMEngine:
     # ------------------------------------------------------------------ requests
 
     def add_request(self, prompt_token_ids: list[int], params: SamplingParams, request_id: str | None = None) -> str:
-        """Queue a request; raise ValueError (allocating nothing) if it cannot run."""
+        """Queue a request; raise RequestError (allocating nothing) if it cannot run."""
         self.validate(prompt_token_ids)
         if params.n > self.config.max_num_seqs:
-            raise ValueError(f"n={params.n} samples exceed max_num_seqs={self.config.max_num_seqs}")
+            raise RequestError(f"n={params.n} samples exceed max_num_seqs={self.config.max_num_seqs}", "n")
         request_id = request_id if request_id is not None else f"req-{next(self._request_ids)}"
         if request_id in self.requests:
-            raise ValueError(f"request id {request_id!r} is already in use")
+            raise RequestError(f"request id {request_id!r} is already in use")
         request = Request(request_id, list(prompt_token_ids), params, num_samples=params.n)
         request.samples.append(self._new_sample(request, 0))
         self.requests[request_id] = request
@@ -88,15 +89,15 @@ class LLMEngine:
     def validate(self, prompt_token_ids: list[int]) -> None:
         n = len(prompt_token_ids)
         if n == 0:
-            raise ValueError("the prompt is empty")
+            raise RequestError("the prompt is empty", "prompt")
         if n >= self.max_model_len:
-            raise ValueError(
+            raise RequestError(
                 f"the prompt is {n} tokens long but the context holds {self.max_model_len} "
-                f"(at least one token must be left to generate)")
+                f"(at least one token must be left to generate)", "prompt")
         vocab = self.model_config.vocab_size
         bad = [t for t in prompt_token_ids if not 0 <= t < vocab]
         if bad:
-            raise ValueError(f"token ids outside the vocabulary (size {vocab}): {bad[:5]}")
+            raise RequestError(f"token ids outside the vocabulary (size {vocab}): {bad[:5]}", "prompt")
 
     def abort_request(self, request_id: str) -> RequestOutput | None:
         """Stop a request wherever it is; its blocks go back to the pool at once. Returns its

