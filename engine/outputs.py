@@ -45,6 +45,9 @@ class RequestOutput:
     outputs: list[CompletionOutput]
     finished: bool
     metrics: RequestMetrics
+    # Set when this request failed on its own (its other samples are aborted with it); the
+    # requests it was batched with are unaffected.
+    error: Exception | None = None
 
     @property
     def text(self) -> str:

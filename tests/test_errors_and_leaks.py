@@ -3,6 +3,7 @@ import json
 import threading
 
 import pytest
+import torch
 
 from engine import LLM, EngineThread, ModelLoadError, RequestError, SamplingParams
 from engine.loader import resolve_model
@@ -105,7 +106,7 @@ def test_unsupported_architecture(tmp_path, bundled_folder):
     cfg["model_type"] = "gpt2"
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     (tmp_path / "model.safetensors").write_bytes((bundled_folder / "model.safetensors").read_bytes()[:64])
-    with pytest.raises(ValueError, match="unsupported model type 'gpt2'"):
+    with pytest.raises(ModelLoadError, match="unsupported model type 'gpt2'"):
         LLM(tmp_path)
 
 
@@ -219,3 +220,99 @@ def test_a_failing_callback_stops_its_request_not_the_engine(engine_thread):
     assert len(good.token_ids) == 4
     engine = engine_thread.wait_ready()
     assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
+
+
+def test_one_request_failing_on_its_own_leaves_the_others_streaming(engine_thread, monkeypatch):
+    """An unforeseen failure in one request's output processing (here: its detokenizer) fails
+    that request alone; the requests batched with it finish with their full length."""
+    from engine.tokenizer import IncrementalDetokenizer
+
+    engine = engine_thread.wait_ready()
+    poisoned_prompt = engine.tokenizer.encode("poison pill")
+    real_add = IncrementalDetokenizer.add
+
+    def add(self, token_id):
+        if self.ids[:len(poisoned_prompt[-4:])] == poisoned_prompt[-4:] and len(self.ids) > 8:
+            raise OverflowError("Overflow when unpacking long long")
+        return real_add(self, token_id)
+    monkeypatch.setattr(IncrementalDetokenizer, "add", add)
+
+    params = SamplingParams(max_tokens=48, temperature=0, ignore_eos=True)
+    innocent = [engine_thread.submit(f"Tell me a story about robot number {i}.", params) for i in range(4)]
+    poisoned = engine_thread.submit(poisoned_prompt, params)
+    with pytest.raises(OverflowError):
+        poisoned.result(60)
+    for handle in innocent:
+        out = handle.result(60)
+        assert out.finish_reason == "length" and len(out.token_ids) == 48
+    assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
+
+
+def test_a_failed_step_fails_the_batch_with_a_clear_message(engine_thread, monkeypatch):
+    from engine.engine_thread import StepFailed
+
+    engine = engine_thread.wait_ready()
+
+    def broken(batch):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+    monkeypatch.setattr(engine.runner, "execute", broken)
+    handle = engine_thread.submit("Hello", SamplingParams(max_tokens=4))
+    with pytest.raises(StepFailed, match="every answer in progress stopped"):
+        handle.result(30)
+    monkeypatch.undo()
+    assert engine_thread.submit("Hello", SamplingParams(max_tokens=4)).result(30).token_ids
+    assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
+
+
+def _tiny_checkpoint(folder, bundled_folder, edit):
+    """The bundled model's config and tokenizer with a one-layer random checkpoint, edited."""
+    from safetensors.torch import save_file
+    cfg = json.loads((bundled_folder / "config.json").read_text())
+    cfg["num_hidden_layers"] = 1
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(cfg))
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (folder / name).write_bytes((bundled_folder / name).read_bytes())
+    h, i, kv = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_key_value_heads"]
+    d = h // cfg["num_attention_heads"]
+    p = "model.layers.0."
+    tensors = {"model.embed_tokens.weight": torch.zeros(cfg["vocab_size"], h), "model.norm.weight": torch.ones(h),
+               p + "input_layernorm.weight": torch.ones(h), p + "post_attention_layernorm.weight": torch.ones(h),
+               p + "self_attn.q_proj.weight": torch.zeros(h, h), p + "self_attn.k_proj.weight": torch.zeros(kv * d, h),
+               p + "self_attn.v_proj.weight": torch.zeros(kv * d, h), p + "self_attn.o_proj.weight": torch.zeros(h, h),
+               p + "mlp.gate_proj.weight": torch.zeros(i, h), p + "mlp.up_proj.weight": torch.zeros(i, h),
+               p + "mlp.down_proj.weight": torch.zeros(h, i)}
+    edit(tensors)
+    save_file(tensors, str(folder / "model.safetensors"))
+    return folder
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda t: t.pop("model.layers.0.mlp.up_proj.weight"), "missing 1 weights.*up_proj"),
+    (lambda t: t.update({"model.layers.0.self_attn.o_proj.weight": torch.zeros(3, 5)}), "o_proj.*shape"),
+    (lambda t: t.update({"model.layers.0.mlp.bogus.weight": torch.zeros(2)}), "unexpected weight"),
+    (lambda t: t.update({"model.norm.weight": torch.ones(576, dtype=torch.complex64)}), "complex64, expected floating"),
+])
+def test_malformed_checkpoints_are_one_line_load_errors(tmp_path, bundled_folder, edit, message):
+    folder = _tiny_checkpoint(tmp_path / "model", bundled_folder, edit)
+    with pytest.raises(ModelLoadError, match=message) as caught:
+        LLM(folder, num_kv_blocks=4)
+    assert "\n" not in str(caught.value)
+
+
+def test_interrupted_conversions_are_cleaned_up_on_the_next_start(tmp_path):
+    from engine.file_lock import ExclusiveLock
+    from engine.loader import CONVERTING_PREFIX, remove_stale_conversions
+    killed = tmp_path / (CONVERTING_PREFIX + "killed")  # what a SIGKILL mid-conversion leaves
+    killed.mkdir()
+    (killed / "model.safetensors").write_bytes(b"half")
+    (killed / ".lock").touch()
+    running = tmp_path / (CONVERTING_PREFIX + "running")  # another process converting right now
+    running.mkdir()
+    held = ExclusiveLock(running / ".lock")
+    assert held.try_acquire()
+    try:
+        assert remove_stale_conversions(tmp_path) == [killed]
+        assert not killed.exists() and running.is_dir()
+    finally:
+        held.release()

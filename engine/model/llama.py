@@ -11,6 +11,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from engine.errors import ModelLoadError
 from engine.model.attention import AttentionMetadata, paged_attention
 from engine.model.config import ModelConfig
 from engine.model.layers import GatedMLP, RMSNorm, RotaryEmbedding
@@ -108,10 +109,13 @@ class LlamaForCausalLM(nn.Module):
                     break
             param = params.get(name)
             if param is None:
-                raise ValueError(f"unexpected weight {name!r} in checkpoint")
+                raise ModelLoadError(f"unexpected weight {name!r} in the checkpoint")
             target = param.data if shard is None else self._shard(param.data, name, shard)
+            if not tensor.is_floating_point():
+                raise ModelLoadError(f"weight {name!r} has dtype {tensor.dtype}, expected floating point")
             if target.shape != tensor.shape:
-                raise ValueError(f"weight {name!r} has shape {tuple(tensor.shape)}, expected {tuple(target.shape)}")
+                raise ModelLoadError(
+                    f"weight {name!r} has shape {tuple(tensor.shape)}, expected {tuple(target.shape)}")
             target.copy_(tensor)
             loaded.add(name if shard is None else f"{name}#{shard}")
         expected = {n for n in params if not n.endswith(("qkv_proj.weight", "qkv_proj.bias", "gate_up_proj.weight"))}
@@ -119,7 +123,7 @@ class LlamaForCausalLM(nn.Module):
         expected |= {f"{n}#{i}" for n in params if n.endswith("gate_up_proj.weight") for i in range(2)}
         missing = sorted(expected - loaded)
         if missing:
-            raise ValueError(f"checkpoint is missing {len(missing)} weights, e.g. {missing[:3]}")
+            raise ModelLoadError(f"the checkpoint is missing {len(missing)} weights, e.g. {missing[:3]}")
 
     def _shard(self, fused: torch.Tensor, name: str, index: int) -> torch.Tensor:
         c = self.cfg
