@@ -10,9 +10,9 @@ from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt, QUrl
 from PySide6.QtGui import QDragEnterEvent, QDropEvent
 from PySide6.QtWidgets import QApplication
 
-from app.engine_bridge import READY
-from app.main_window import MainWindow
-from app.settings import Settings
+from app.gui.engine_bridge import READY
+from app.gui.main_window import MainWindow
+from app.gui.settings import Settings
 
 ANSWER_TIMEOUT_MS = 120_000
 TEST_SETTINGS = Settings(temperature=0.0, max_tokens=16)

@@ -5,8 +5,8 @@ import time
 
 from PySide6.QtCore import Qt, QTimer
 
-from app.engine_bridge import READY, EngineBridge, Generation
-from app.messages import DONE, STOPPED, STREAMING
+from app.gui.engine_bridge import READY, EngineBridge, Generation
+from app.gui.messages import DONE, STOPPED, STREAMING
 from app_fixtures import make_window, shared_engine  # noqa: F401 (fixtures)
 from app_fixtures import engine_free_blocks, settings, type_and_send, wait_answer
 from engine import SamplingParams

@@ -2,11 +2,11 @@
 the chosen device, a question too long for the context."""
 from PySide6.QtCore import Qt
 
-from app import heavy_imports
-from app.engine_bridge import FAILED, READY
-from app.library_service import FAILED as JOB_FAILED
-from app.library_service import LibraryService, PromptRequest
-from app.messages import ERROR
+from app.gui import heavy_imports
+from app.gui.engine_bridge import FAILED, READY
+from app.gui.library_service import FAILED as JOB_FAILED
+from app.gui.library_service import LibraryService, PromptRequest
+from app.gui.messages import ERROR
 from app_fixtures import make_window, shared_engine  # noqa: F401 (fixtures)
 from app_fixtures import drop_files, settings, type_and_send, wait_answer
 from conftest import PASSAGE

@@ -2,11 +2,11 @@
 data dir's precedence, and the KV picture's arithmetic."""
 import json
 
-from app.history import PINNED, History
-from app.kv_bar import KvBlocks
-from app.messages import DONE, INTERRUPTED, STREAMING, AnswerStats, ChatMessage, SourceRef
+from app.gui.history import PINNED, History
+from app.gui.kv_bar import KvBlocks
+from app.gui.messages import DONE, INTERRUPTED, STREAMING, AnswerStats, ChatMessage, SourceRef
 from app.paths import data_dir, settings_path
-from app.settings import Settings, load_presets, load_settings, save_settings
+from app.gui.settings import Settings, load_presets, load_settings, save_settings
 
 
 def test_chats_and_messages_round_trip(tmp_path):

@@ -2,11 +2,11 @@
 half-written answer; while an answer streams, what a kill would leave on disk is already there."""
 from PySide6.QtCore import Qt
 
-from app.history import History
-from app.messages import DONE, INTERRUPTED, STOPPED, STREAMING
-from app.main_window import MainWindow
+from app.gui.history import History
+from app.gui.messages import DONE, INTERRUPTED, STOPPED, STREAMING
+from app.gui.main_window import MainWindow
 from app.paths import history_path
-from app.settings import load_settings
+from app.gui.settings import load_settings
 from app_fixtures import make_window, shared_engine  # noqa: F401 (fixtures)
 from app_fixtures import TEST_SETTINGS, settings, type_and_send, wait_answer
 

@@ -12,14 +12,14 @@ import shiboken6
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import QLineEdit
 
-from app import settings_dialog
-from app.engine_bridge import FAILED, READY
-from app.main_window import MainWindow
-from app.messages import DONE, STOPPED, STREAMING
+from app.gui import settings_dialog
+from app.gui.engine_bridge import FAILED, READY
+from app.gui.main_window import MainWindow
+from app.gui.messages import DONE, STOPPED, STREAMING
 from app.paths import settings_path
-from app.remote import RemoteEngine
-from app.settings import Settings, load_settings, save_settings
-from app.settings_dialog import SettingsDialog
+from app.backends.remote import RemoteEngine
+from app.gui.settings import Settings, load_settings, save_settings
+from app.gui.settings_dialog import SettingsDialog
 from app_fixtures import type_and_send, wait_answer
 from engine import SamplingParams
 from serve_process import KEY, LONG_ANSWER, MODEL, ServerProcess, stats, wait_until_idle

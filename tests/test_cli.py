@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from app.cli import SUBCOMMANDS, ChatSession, build_parser, format_stat_line, format_stats, main
+from app.cli.chat import ChatSession, format_stat_line, format_stats
+from app.cli.main import SUBCOMMANDS, build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
 STAT_RE = re.compile(r"\[(cancelled · )?TTFT (?:[\d.]+ s|-) · (?:[\d.]+|-) tok/s · (\d+) tokens · "

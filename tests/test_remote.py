@@ -12,9 +12,9 @@ from pathlib import Path
 import openai
 import pytest
 
-import app.remote as remote
-from app.cli import ChatSession
-from app.remote import RemoteEngine, RemoteError, normalise_base_url
+import app.backends.remote as remote
+from app.cli.chat import ChatSession
+from app.backends.remote import RemoteEngine, RemoteError, normalise_base_url
 from engine import RequestOutput, SamplingParams
 from engine.loader import resolve_model
 from doc_fixtures import make_pdf

@@ -10,9 +10,9 @@ from html import escape
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QSizePolicy, QToolButton, QVBoxLayout, QWidget
 
-from app.markdown_view import MarkdownView
-from app.messages import DONE, ERROR, INTERRUPTED, PENDING, STOPPED, STREAMING, ChatMessage
-from app.theme import colors, icon
+from app.gui.markdown_view import MarkdownView
+from app.gui.messages import DONE, ERROR, INTERRUPTED, PENDING, STOPPED, STREAMING, ChatMessage
+from app.gui.theme import colors, icon
 
 RENDER_DELAY_MS = 50
 SOURCES_SHOWN = 3        # before "show more", when the answer cited none

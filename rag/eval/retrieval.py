@@ -2,7 +2,7 @@
 
 The corpus is on every machine that ran `make test`: the long descriptions that installed Python
 packages ship in their METADATA, plus two real PDF manuals where the system has them. The
-questions in eval_data/qa.jsonl were written by reading those documents. Each names its source
+questions in data/qa.jsonl were written by reading those documents. Each names its source
 and a short verbatim answer; a retrieved chunk is relevant when it comes from that source and
 contains the answer (whitespace normalised). Package docs change between versions, so a question
 whose answer no longer occurs in its source is reported and dropped, not counted as a miss.
@@ -35,11 +35,12 @@ import numpy as np
 
 from rag.chunking import chunk_document
 from rag.embedder import Embedder
+from rag.eval.pdf_maker import make_pdf
 from rag.library import Library
 from rag.loaders import LoadedDocument, load_document
 from rag.retrieve import RRF_K
 
-QA_PATH = Path(__file__).with_name("eval_data") / "qa.jsonl"
+QA_PATH = Path(__file__).with_name("data") / "qa.jsonl"
 PDFS = {
     "libtasn1.pdf": Path("/usr/share/doc/libtasn1-doc/libtasn1.pdf"),
     "shared-mime-info-spec.pdf": Path("/usr/share/doc/shared-mime-info/shared-mime-info-spec.pdf"),
@@ -245,10 +246,6 @@ def pdf_speed(pdfs: Sequence[Path], embedder: Embedder, workdir: Path, repeats: 
 
 def synthetic_pdfs(folder: Path, docs: dict[str, LoadedDocument], quick: bool) -> list[Path]:
     """Multi-page PDFs made from corpus text, for machines without the real manuals."""
-    try:
-        from tests.doc_fixtures import make_pdf
-    except ImportError:
-        return []
     texts = [doc.text.encode("cp1252", "replace").decode("cp1252") for doc in docs.values()][:1 if quick else 4]
     folder.mkdir(parents=True, exist_ok=True)
     out = []
@@ -427,6 +424,3 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -8,7 +8,7 @@ from PySide6.QtCore import QRectF, QSize, Qt
 from PySide6.QtGui import QColor, QPainter, QPainterPath
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QSizePolicy, QWidget
 
-from app.theme import colors
+from app.gui.theme import colors
 
 MIN_SEGMENT = 3.0  # logical pixels: a non-empty kind never vanishes from the picture
 

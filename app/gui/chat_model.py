@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from PySide6.QtCore import QObject, Signal
 
-from app.messages import ChatMessage
+from app.gui.messages import ChatMessage
 
 
 class ChatModel(QObject):

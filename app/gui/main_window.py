@@ -12,18 +12,18 @@ from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (QApplication, QDockWidget, QFrame, QHBoxLayout, QInputDialog, QLabel, QMainWindow,
                                QPushButton, QTabBar, QTabWidget, QToolButton, QVBoxLayout, QWidget)
 
-from app import engine_bridge
-from app.chat_session import ChatSession
-from app.chat_view import ChatView
-from app.engine_bridge import EngineBridge
-from app.history import ChatRecord, History
-from app.kv_bar import KvIndicator
-from app.library_panel import LibraryPanel
-from app.library_service import LibraryService
+from app.gui import engine_bridge
+from app.gui.chat_session import ChatSession
+from app.gui.chat_view import ChatView
+from app.gui.engine_bridge import EngineBridge
+from app.gui.history import ChatRecord, History
+from app.gui.kv_bar import KvIndicator
+from app.gui.library_panel import LibraryPanel
+from app.gui.library_service import LibraryService
 from app.paths import history_path, library_dir
-from app.settings import Settings, load_settings, save_settings
-from app.settings_dialog import SettingsDialog
-from app.theme import apply_theme, icon
+from app.gui.settings import Settings, load_settings, save_settings
+from app.gui.settings_dialog import SettingsDialog
+from app.gui.theme import apply_theme, icon
 
 log = logging.getLogger(__name__)
 BUSY_MARK = "● "
@@ -52,7 +52,7 @@ def remote_factory(base_url: str, api_key: str | None, model: str | None) -> Cal
     on the loader thread, makes a wrong URL or key a load error, shown in the banner."""
 
     def make():
-        from app.remote import RemoteEngine  # imports the engine package (torch): off the GUI thread
+        from app.backends.remote import RemoteEngine  # imports the engine package (torch): off the GUI thread
         remote = RemoteEngine(base_url, api_key, model)
         try:
             remote.wait_ready()

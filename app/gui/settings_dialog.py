@@ -15,9 +15,9 @@ from PySide6.QtWidgets import (QComboBox, QDialog, QDialogButtonBox, QDoubleSpin
                                QGroupBox, QHBoxLayout, QLabel, QLineEdit, QPlainTextEdit, QPushButton, QSpinBox,
                                QVBoxLayout, QWidget)
 
-from app import heavy_imports
-from app.engine_bridge import user_message
-from app.settings import DEVICES, LOCAL_FILE_SOURCES, THEMES, Preset, Settings, load_presets
+from app.gui import heavy_imports
+from app.gui.engine_bridge import user_message
+from app.gui.settings import DEVICES, LOCAL_FILE_SOURCES, THEMES, Preset, Settings, load_presets
 
 log = logging.getLogger(__name__)
 
@@ -246,8 +246,8 @@ class SettingsDialog(QDialog):
 def _run_connection_test(result: Future, url: str, key: str | None, model: str | None, timeout: float) -> None:
     """Worker thread: the success line, or the error, lands in `result`."""
     try:
-        heavy_imports.ensure()  # app.remote imports torch and transformers: not while another worker does
-        from app.remote import test_connection  # imports the engine package (torch): not in the GUI thread
+        heavy_imports.ensure()  # app.backends.remote imports torch and transformers: not while another worker does
+        from app.backends.remote import test_connection  # imports the engine package (torch): not in the GUI thread
         result.set_result(test_connection(url, key, model, timeout))
     except Exception as e:  # a RemoteError says what is wrong; anything else is a bug, logged
         if not isinstance(e, ValueError):

@@ -23,8 +23,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from jinja2 import TemplateError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app import openai_schema as schema
-from app.openai_schema import APIError, ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from app.server import schema
+from app.server.schema import APIError, ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from engine import EngineThread, RequestHandle, RequestOutput, SamplingParams
 
 MAX_CHOICES = 64  # n x prompts in one HTTP request

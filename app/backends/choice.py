@@ -57,7 +57,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
 def start_backend(args: argparse.Namespace) -> Backend:
     """Start the backend the arguments ask for and wait until it can answer."""
     if args.remote:
-        from app.remote import RemoteEngine, RemoteError
+        from app.backends.remote import RemoteEngine, RemoteError
         try:
             engine = RemoteEngine(args.remote, args.remote_key, args.remote_model)
             model = engine.wait_ready()

@@ -1,4 +1,4 @@
-"""Folio's desktop app: `folio` with no subcommand, or `python -m app.main`.
+"""Folio's desktop app: `folio` with no subcommand, or `python -m app.gui`.
 
 Sets up the data dir (`--data-dir`, else $FOLIO_DATA_DIR, else the platform's user data dir),
 logging to a file there, the QApplication and its theme, and opens the main window. The window
@@ -87,9 +87,9 @@ def run_gui(argv: list[str] | None = None) -> int:
 
     from PySide6.QtWidgets import QApplication
 
-    from app.main_window import MainWindow
-    from app.settings import load_settings
-    from app.theme import apply_theme, icon
+    from app.gui.main_window import MainWindow
+    from app.gui.settings import load_settings
+    from app.gui.theme import apply_theme, icon
 
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setApplicationName("Folio")
@@ -114,7 +114,3 @@ def run_gui(argv: list[str] | None = None) -> int:
     code = app.exec()
     log.info("exiting with %d", code)
     return code
-
-
-if __name__ == "__main__":
-    sys.exit(run_gui())

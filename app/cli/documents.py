@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 from typing import TextIO
 
-from app.backend_choice import BackendError, add_backend_arguments, start_backend, user_errors
+from app.backends.choice import BackendError, add_backend_arguments, start_backend, user_errors
 from app.paths import library_dir
 
 EXIT_OK = 0

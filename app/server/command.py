@@ -1,7 +1,7 @@
 """`folio serve`: an OpenAI-compatible server on the local engine, for other programs to use.
 
 This module is the command-line side (arguments, binding, loading); the web app itself is
-`app.server_app`. Like `app.cli`, it imports neither the engine nor the web framework at import
+`app.server.api`. Like `app.cli`, it imports neither the engine nor the web framework at import
 time, so `folio --help` stays instant. `python -m app.server ...` runs it without the `folio`
 entry point.
 """
@@ -14,7 +14,7 @@ import socket
 import sys
 from pathlib import Path
 
-from app.backend_choice import BackendError, add_local_model_arguments, check_device, start_local
+from app.backends.choice import BackendError, add_local_model_arguments, check_device, start_local
 
 EXIT_OK = 0
 EXIT_USAGE = 2  # bad arguments, an address that cannot be bound, a model that cannot be loaded
@@ -76,7 +76,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _serve(sock: socket.socket, engine_thread, name: str, args: argparse.Namespace) -> int:
     import uvicorn
 
-    from app.server_app import create_app
+    from app.server.api import create_app
 
     aliases = [args.served_model_name] if args.served_model_name else []
     app = create_app(engine_thread, api_key=args.api_key, model_name=name, aliases=aliases,
@@ -147,7 +147,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return EXIT_INTERRUPTED
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -6,7 +6,6 @@ packaged app runs this in its smoke test, so missing data files or modules show 
 """
 from __future__ import annotations
 
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -76,7 +75,3 @@ def _search(state: dict) -> str:
 def _close(state: dict) -> None:
     if "library" in state:
         state["library"].close()
-
-
-if __name__ == "__main__":
-    sys.exit(run())

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from PySide6.QtCore import QObject, Qt, Signal
 
-from app import heavy_imports
+from app.gui import heavy_imports
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ from PySide6.QtCore import Qt, QUrl
 from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import QDialog, QDialogButtonBox, QLabel, QPlainTextEdit, QVBoxLayout, QWidget
 
-from app.library_service import LibraryService
-from app.messages import SourceRef
-from app.theme import icon
+from app.gui.library_service import LibraryService
+from app.gui.messages import SourceRef
+from app.gui.theme import icon
 
 
 class SourceDialog(QDialog):

@@ -9,9 +9,9 @@ from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import (QFileDialog, QFrame, QHBoxLayout, QLabel, QListWidget, QListWidgetItem, QProgressBar,
                                QPushButton, QSizePolicy, QToolButton, QVBoxLayout, QWidget)
 
-from app.file_drops import FileDropTarget
-from app.library_service import CANCELLED, FAILED, FileJob, LibraryService
-from app.theme import icon
+from app.gui.file_drops import FileDropTarget
+from app.gui.library_service import CANCELLED, FAILED, FileJob, LibraryService
+from app.gui.theme import icon
 
 _STATE_TEXT = {"queued": "Waiting", "reading": "Reading", "embedding": "Indexing", "added": "Added",
                "updated": "Updated", "unchanged": "Already in the library", "duplicate": "Duplicate",

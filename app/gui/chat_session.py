@@ -11,12 +11,12 @@ from collections.abc import Callable
 
 from PySide6.QtCore import QObject, QTimer, Signal
 
-from app.chat_model import ChatModel
-from app.engine_bridge import EngineBridge, Generation, GenerationResult
-from app.history import DEFAULT_TITLE, PINNED, SEARCH, ChatRecord, History
-from app.library_service import LibraryService, PromptRequest
-from app.messages import DONE, ERROR, PENDING, STOPPED, STREAMING, AnswerStats, ChatMessage, SourceRef
-from app.settings import Settings
+from app.gui.chat_model import ChatModel
+from app.gui.engine_bridge import EngineBridge, Generation, GenerationResult
+from app.gui.history import DEFAULT_TITLE, PINNED, SEARCH, ChatRecord, History
+from app.gui.library_service import LibraryService, PromptRequest
+from app.gui.messages import DONE, ERROR, PENDING, STOPPED, STREAMING, AnswerStats, ChatMessage, SourceRef
+from app.gui.settings import Settings
 
 SAVE_INTERVAL_MS = 500
 TITLE_CHARS = 40

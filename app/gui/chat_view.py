@@ -11,14 +11,14 @@ from PySide6.QtGui import QGuiApplication, QKeySequence, QShortcut
 from PySide6.QtWidgets import (QComboBox, QHBoxLayout, QLabel, QMenu, QPlainTextEdit, QPushButton, QScrollArea,
                                QSizePolicy, QToolButton, QVBoxLayout, QWidget)
 
-from app.chat_session import ChatSession
-from app.file_drops import FileDropTarget, local_files
-from app.history import PINNED, SEARCH
-from app.library_service import LibraryService
-from app.message_widget import MessageWidget
-from app.messages import ChatMessage, SourceRef
-from app.source_dialog import SourceDialog
-from app.theme import icon
+from app.gui.chat_session import ChatSession
+from app.gui.file_drops import FileDropTarget, local_files
+from app.gui.history import PINNED, SEARCH
+from app.gui.library_service import LibraryService
+from app.gui.message_widget import MessageWidget
+from app.gui.messages import ChatMessage, SourceRef
+from app.gui.source_dialog import SourceDialog
+from app.gui.theme import icon
 
 COMPOSER_MIN_LINES, COMPOSER_MAX_LINES = 2, 8
 

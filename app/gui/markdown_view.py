@@ -11,7 +11,7 @@ from PySide6.QtGui import (QColor, QFontDatabase, QTextBlockFormat, QTextCharFor
                            QTextFormat)
 from PySide6.QtWidgets import QFrame, QSizePolicy, QTextBrowser
 
-from app.theme import colors
+from app.gui.theme import colors
 
 
 class MarkdownView(QTextBrowser):

@@ -1,4 +1,4 @@
-"""Screenshots for the README: `python -m app.screenshots docs/screenshots`.
+"""Screenshots for the README: `python -m app.gui.screenshots docs/screenshots`.
 
 Runs the real window (offscreen: QT_QPA_PLATFORM=offscreen works without a display) on the
 bundled model with a small KV pool, so the memory picture is readable, and saves, for the light
@@ -59,10 +59,10 @@ def wait(app, condition: Callable[[], bool], timeout: float = 180.0) -> None:
 def shoot(app, out: Path, theme: str, engine, embedder, docs: dict[str, Path]) -> list[Path]:
     from dataclasses import replace
 
-    from app.engine_bridge import READY
-    from app.main_window import MainWindow
-    from app.settings import Settings
-    from app.theme import apply_theme
+    from app.gui.engine_bridge import READY
+    from app.gui.main_window import MainWindow
+    from app.gui.settings import Settings
+    from app.gui.theme import apply_theme
 
     apply_theme(app, theme)
     data_dir = Path(tempfile.mkdtemp(prefix=f"folio-shot-{theme}-"))

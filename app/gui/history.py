@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from app.messages import IN_PROGRESS, INTERRUPTED, AnswerStats, ChatMessage, SourceRef
+from app.gui.messages import IN_PROGRESS, INTERRUPTED, AnswerStats, ChatMessage, SourceRef
 
 DEFAULT_TITLE = "New chat"
 SEARCH, PINNED = "search", "pinned"  # per-chat document modes: search the library (plus pins), or pins only

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from PySide6.QtCore import QObject, Qt, QTimer, Signal
 
-from app import heavy_imports
+from app.gui import heavy_imports
 
 log = logging.getLogger(__name__)
 
