@@ -1,17 +1,18 @@
 """Chats on any OpenAI-compatible server (`folio serve`, vLLM, llama.cpp, Ollama, OpenAI) instead
-of the local engine, behind the same surface as `EngineThread`.
+of the local engine, behind the `Backend` contract.
 
-`RemoteEngine.submit` returns a `RemoteHandle`, an `engine.RequestHandle` whose stream is an HTTP
-request in its own thread: deltas, callbacks, `result()` and iteration work as for the local
-engine, and the output is an `engine.RequestOutput`. `cancel()` shuts the socket, so the server
-sees the client go and stops generating. Errors a user can cause (bad URL, refused connection,
-wrong key, a prompt too long for the server's model) arrive as `RemoteError` with a message
-meant for them.
+`RemoteBackend.submit` returns a `RemoteHandle` whose stream is an HTTP request in its own thread:
+deltas, callbacks, `result()` and iteration work as for the local engine, and the output is an
+`engine.RequestOutput`. `cancel()` shuts the socket, so the server sees the client go and stops
+generating. Errors a user can cause (bad URL, refused connection, wrong key, a prompt too long for
+the server's model) arrive as `RemoteError` with a message meant for them.
 """
 from __future__ import annotations
 
 import itertools
 import json
+import logging
+import queue
 import socket
 import threading
 import time
@@ -19,17 +20,16 @@ from collections.abc import Callable, Iterable, Iterator
 
 import httpx
 
-from engine import CompletionOutput, RequestHandle, RequestMetrics, RequestOutput, SamplingParams
-from engine.engine_thread import Prompt
+from app.backends.errors import RemoteError
+from app.backends.protocol import PromptInput
+from engine import SamplingParams
+from engine.outputs import CompletionOutput, RequestMetrics, RequestOutput
 
-
-class RemoteError(ValueError):
-    """The server could not be used, said why in the message. A ValueError, like the engine's
-    errors for requests that cannot run, so callers show it instead of crashing."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
+CONTEXT_TOKENS = 8192   # assumed for a remote model: the API does not report its context
+CHARS_PER_TOKEN = 3     # a cautious estimate, for budgeting a prompt without the tokenizer
+MESSAGE_OVERHEAD_TOKENS = 4  # role markers around each chat message
+_END = object()
+log = logging.getLogger(__name__)
 
 
 def normalise_base_url(url: str) -> str:
@@ -51,14 +51,26 @@ def normalise_base_url(url: str) -> str:
     return str(parsed).rstrip("/")
 
 
-class RemoteHandle(RequestHandle):
-    """A `RequestHandle` fed by an HTTP stream; callbacks run on the request's thread."""
+class RemoteHandle:
+    """One answer streamed over HTTP. Callbacks run on the request's thread; `cancel` may be called
+    from any thread."""
 
-    def __init__(self, request_id: str, on_delta, on_finish, on_error) -> None:
-        super().__init__(request_id, None, on_delta, on_finish, on_error)
+    def __init__(self, request_id: str, on_delta: Callable[[str], None] | None,
+                 on_finish: Callable[[RequestOutput], None] | None,
+                 on_error: Callable[[BaseException], None] | None) -> None:
+        self.request_id = request_id
+        self.output: RequestOutput | None = None
+        self.error: BaseException | None = None
+        self.cancelled = False
+        self._on_delta, self._on_finish, self._on_error = on_delta, on_finish, on_error
+        self._deltas: queue.Queue = queue.Queue()
+        self._ended = threading.Event()
         self._lock = threading.Lock()
         self._socket: socket.socket | None = None
-        self.cancelled = False
+
+    @property
+    def done(self) -> bool:
+        return self._ended.is_set()
 
     def cancel(self) -> None:
         """Stop: the connection is shut at once, and the handle finishes with reason "abort"
@@ -69,7 +81,26 @@ class RemoteHandle(RequestHandle):
             self.cancelled = True
             _shut(self._socket)
 
-    def _attach(self, response: httpx.Response) -> None:
+    def result(self, timeout: float | None = None) -> RequestOutput:
+        if not self._ended.wait(timeout):
+            raise TimeoutError(f"request {self.request_id} still running after {timeout}s")
+        if self.error is not None:
+            raise self.error
+        assert self.output is not None
+        return self.output
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._ended.wait(timeout)
+
+    def __iter__(self) -> Iterator[str]:
+        while (delta := self._deltas.get()) is not _END:
+            yield delta
+        if self.error is not None:
+            raise self.error
+
+    # ------------------------------------------------------------------ the request's thread
+
+    def attach(self, response: httpx.Response) -> None:
         """Remember the response's socket, so that `cancel` from another thread can wake the
         blocked read (closing a file descriptor would not)."""
         stream = response.extensions.get("network_stream")
@@ -79,16 +110,42 @@ class RemoteHandle(RequestHandle):
             if self.cancelled:
                 _shut(sock)
 
-    def _detach(self) -> None:
+    def detach(self) -> None:
         """Forget the socket before the stream ends: it goes back to the client's pool and
         may carry another request, which a late `cancel` must not cut."""
         with self._lock:
             self._socket = None
 
+    def add_delta(self, text: str) -> None:
+        self._deltas.put(text)
+        if self._on_delta:
+            self._on_delta(text)
 
-class RemoteEngine:
-    """`RemoteEngine(base_url, api_key, model)`; `model=None` takes the server's first model.
-    `timeout` bounds connecting and each wait for the server (a slow prompt included)."""
+    def finish(self, output: RequestOutput) -> None:
+        self.output = output
+        self._end(self._on_finish, output)
+
+    def fail(self, error: BaseException) -> None:
+        self.error = error
+        self._end(self._on_error, error)
+
+    def _end(self, callback, payload) -> None:
+        self._ended.set()
+        self._deltas.put(_END)
+        if callback:
+            try:
+                callback(payload)
+            except Exception:  # the outcome is on the handle already
+                log.exception("the end callback of %s failed", self.request_id)
+
+
+class RemoteBackend:
+    """`RemoteBackend(base_url, api_key, model)`; `model=None` takes the server's first model
+    (`resolve_model` asks for it). `timeout` bounds connecting and each wait for the server (a
+    slow prompt included)."""
+
+    remote = True
+    max_model_len = CONTEXT_TOKENS
 
     def __init__(self, base_url: str, api_key: str | None = None, model: str | None = None,
                  timeout: float = 60.0) -> None:
@@ -102,17 +159,16 @@ class RemoteEngine:
         self._lock = threading.Lock()
         self._last_usage: dict[str, float] = {}
 
-    def __enter__(self) -> RemoteEngine:
+    def __enter__(self) -> RemoteBackend:
         return self
 
     def __exit__(self, *exc) -> None:
         self.shutdown()
 
-    # ------------------------------------------------------------------ the EngineThread surface
+    # ------------------------------------------------------------------ the Backend contract
 
-    def wait_ready(self, timeout: float | None = None) -> str:
-        """The model id requests will use (asks the server when none was given). `timeout`
-        is there for `EngineThread`'s signature: the client's own timeout applies."""
+    def resolve_model(self) -> str:
+        """The model id requests will use (asks the server when none was given)."""
         if self.model is None:
             models = self.list_models()
             if not models:
@@ -120,7 +176,7 @@ class RemoteEngine:
             self.model = models[0]
         return self.model
 
-    def submit(self, prompt: Prompt, params: SamplingParams | None = None, *,
+    def submit(self, prompt: PromptInput, params: SamplingParams | None = None, *,
                on_delta: Callable[[str], None] | None = None,
                on_finish: Callable[[RequestOutput], None] | None = None,
                on_error: Callable[[BaseException], None] | None = None) -> RemoteHandle:
@@ -140,13 +196,21 @@ class RemoteEngine:
         """The last answer's token counts, as the server reported them ({} before any)."""
         return dict(self._last_usage)
 
+    def count_tokens(self, prompt: PromptInput) -> int:
+        """An estimate on the cautious side: the server's tokenizer is not ours to run."""
+        if isinstance(prompt, str):
+            return len(prompt) // CHARS_PER_TOKEN + 1
+        if prompt and isinstance(prompt[0], dict):
+            return sum(self.count_tokens(str(m.get("content") or "")) + MESSAGE_OVERHEAD_TOKENS for m in prompt)
+        return len(prompt)
+
     def shutdown(self, timeout: float | None = 10.0) -> None:
         with self._lock:
             live = list(self._live.values())
         for handle in live:
             handle.cancel()
         for handle in live:
-            handle._done.wait(timeout)
+            handle.wait(timeout)
         self._client.close()
 
     # ------------------------------------------------------------------ connection check
@@ -180,37 +244,37 @@ class RemoteEngine:
 
     # ------------------------------------------------------------------ one request, in its thread
 
-    def _run(self, handle: RemoteHandle, prompt: Prompt, params: SamplingParams) -> None:
+    def _run(self, handle: RemoteHandle, prompt: PromptInput, params: SamplingParams) -> None:
         stream = _Stream(arrival_time=time.perf_counter())
         try:
             path, body = self._request(prompt, params)
             with self._client.stream("POST", f"{self.base_url}{path}", json=body) as response:
-                handle._attach(response)
+                handle.attach(response)
                 try:
                     if response.status_code != 200:
                         response.read()
                         raise _status_error(response)
                     stream.read(_sse_data(response.iter_lines()), handle)
                 finally:
-                    handle._detach()
+                    handle.detach()
             if not stream.complete and not handle.cancelled:
                 raise RemoteError(f"{self.base_url} closed the stream before the answer was complete")
         except Exception as e:
             if not handle.cancelled:
                 self._forget(handle)
-                handle._fail(e if isinstance(e, RemoteError) else self._user_error(e) or e)
+                handle.fail(e if isinstance(e, RemoteError) else self._user_error(e) or e)
                 return
         self._forget(handle)
         cut = handle.cancelled and not stream.complete
         output = stream.output(handle.request_id, prompt, "abort" if cut else None)
         if stream.usage:
             self._last_usage = stream.usage
-        handle._finish(output)
+        handle.finish(output)
 
-    def _request(self, prompt: Prompt, params: SamplingParams) -> tuple[str, dict]:
+    def _request(self, prompt: PromptInput, params: SamplingParams) -> tuple[str, dict]:
         if params.n != 1:
             raise RemoteError("a remote chat takes one sample per request (n=1)")
-        body: dict = {"model": self.wait_ready(), "stream": True, "stream_options": {"include_usage": True},
+        body: dict = {"model": self.resolve_model(), "stream": True, "stream_options": {"include_usage": True},
                       "max_tokens": params.max_tokens, "temperature": params.temperature, "top_p": params.top_p}
         if params.seed is not None:
             body["seed"] = params.seed
@@ -271,7 +335,7 @@ class _Stream:
                     if self.first_token_time is None:
                         self.first_token_time = time.perf_counter()
                     self.pieces.append(text)
-                    handle._delta(text)
+                    handle.add_delta(text)
                 self.finish_reason = choice.get("finish_reason") or self.finish_reason
             if usage := chunk.get("usage"):
                 self.usage = {
@@ -282,7 +346,7 @@ class _Stream:
         # Some servers end without [DONE]; a finish reason says the answer is whole.
         self.complete = self.finish_reason is not None
 
-    def output(self, request_id: str, prompt: Prompt, finish_reason: str | None) -> RequestOutput:
+    def output(self, request_id: str, prompt: PromptInput, finish_reason: str | None) -> RequestOutput:
         """Token counts come from the server's usage; without it (a cancelled stream) each
         streamed piece counts as one token, which is what servers send."""
         text = "".join(self.pieces)
@@ -300,7 +364,7 @@ class _Stream:
 def test_connection(base_url: str, api_key: str | None = None, model: str | None = None,
                     timeout: float = 10.0) -> str:
     """The settings page's "Test connection" button: a success line, or a `RemoteError`."""
-    with RemoteEngine(base_url, api_key, model, timeout) as remote:
+    with RemoteBackend(base_url, api_key, model, timeout) as remote:
         return remote.test_connection()
 
 

@@ -12,11 +12,12 @@ import sys
 import threading
 from typing import TextIO
 
-from app.backends.choice import BackendError, add_backend_arguments, start_backend, user_errors
-
-EXIT_OK = 0
-EXIT_USAGE = 2  # bad arguments (argparse's code) and a model that cannot be loaded
-EXIT_INTERRUPTED = 130  # Ctrl+C while the model was still loading
+from app import sampling
+from app.backends.kv import KvBlocks
+from app.backends import Backend, is_user_error, user_message
+from app.backends.choice import add_backend_arguments
+from app.cli.common import EXIT_OK, add_repetition_penalty_argument, error, start_backend
+from app.wording import answer_summary, plural
 
 PROMPT = "> "
 CHAT_COMMANDS = {
@@ -38,51 +39,46 @@ def add_chat_parser(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--system", metavar="TEXT", help="system prompt, sent first in every turn")
-    p.add_argument("--temperature", type=float, default=0.7, metavar="F",
+    p.add_argument("--temperature", type=float, default=sampling.TEMPERATURE, metavar="F",
                    help="sampling temperature, 0 = greedy (default: %(default)s)")
-    p.add_argument("--top-p", type=float, default=0.9, metavar="F",
+    p.add_argument("--top-p", type=float, default=sampling.TOP_P, metavar="F",
                    help="nucleus sampling threshold in (0, 1] (default: %(default)s)")
-    p.add_argument("--max-tokens", type=int, default=512, metavar="N",
+    p.add_argument("--max-tokens", type=int, default=sampling.MAX_TOKENS, metavar="N",
                    help="longest answer in tokens (default: %(default)s)")
+    add_repetition_penalty_argument(p)
     add_backend_arguments(p)
     p.set_defaults(func=cmd_chat)
-
 
 
 # ---------------------------------------------------------------------------------- folio chat
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    from engine import SamplingParams
+    from engine import RequestError, SamplingParams
 
     try:
-        params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p)
-    except ValueError as e:
-        return _error(f"folio chat: {e}")
-    print("Connecting…" if args.remote else "Loading model…", file=sys.stderr, flush=True)
-    try:
-        backend = start_backend(args)
-    except BackendError as e:
-        return _error(f"folio chat: {e}")
-    except KeyboardInterrupt:  # loading cannot be stopped; the engine thread is a daemon
-        print(file=sys.stderr)
-        return EXIT_INTERRUPTED
-
-    print(f"{backend.description}. /help lists commands; Ctrl+C stops an answer, Ctrl+D quits.",
+        params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
+                                repetition_penalty=args.repetition_penalty)
+    except RequestError as e:
+        return error(f"folio chat: {e}")
+    backend = start_backend(args, "folio chat")
+    if isinstance(backend, int):
+        return backend
+    print(f"{backend.describe()}. /help lists commands; Ctrl+C stops an answer, Ctrl+D quits.",
           file=sys.stderr, flush=True)
     try:
-        ChatSession(backend.engine, params, args.system).run()
+        TerminalChat(backend, params, args.system).run()
     finally:
-        backend.engine.shutdown()
+        backend.shutdown()
     return EXIT_OK
 
 
-class ChatSession:
+class TerminalChat:
     """The conversation and the prompt loop. The whole history is submitted each turn; the
     engine's prefix cache finds the previous turn's KV blocks, so only the new text is computed."""
 
-    def __init__(self, engine_thread, params, system: str | None = None,
+    def __init__(self, backend: Backend, params, system: str | None = None,
                  stdin: TextIO | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None) -> None:
-        self.engine_thread = engine_thread
+        self.backend = backend
         self.params = params
         self.system = system
         self.stdin = stdin if stdin is not None else sys.stdin
@@ -151,7 +147,7 @@ class ChatSession:
             self.reset()
             self._write("Conversation cleared.\n")
         elif name == "/stats":
-            self._write(format_stats(self.engine_thread.stats()) + "\n")
+            self._write(format_stats(self.backend.stats()) + "\n")
         elif name == "/help":
             width = max(map(len, CHAT_COMMANDS))
             self._write("".join(f"  {n:<{width}}  {what}\n" for n, what in CHAT_COMMANDS.items())
@@ -166,7 +162,7 @@ class ChatSession:
         """Send the conversation plus `text`, stream the answer, keep it (or what came of it
         before Ctrl+C) in the history, and print the stat line."""
         self.messages.append({"role": "user", "content": text})
-        handle = self.engine_thread.submit([dict(m) for m in self.messages], self.params)
+        handle = self.backend.submit([dict(m) for m in self.messages], self.params)
 
         def on_sigint(signum, frame) -> None:  # runs in the main thread, between bytecodes
             handle.cancel()  # the stream then ends, with the text so far
@@ -181,12 +177,14 @@ class ChatSession:
         except KeyboardInterrupt:  # a Ctrl+C just before the handler was set
             handle.cancel()
             output = handle.result()
-        except user_errors() as e:  # e.g. the conversation no longer fits the context
+        except Exception as e:  # e.g. the conversation no longer fits the context
+            if not is_user_error(e):
+                raise
             self.messages.pop()
             if printed:
                 self._write("\n")
             hint = " (/reset starts a new conversation)" if len(self.messages) > 1 else ""
-            print(f"error: {e}{hint}", file=self.stderr, flush=True)
+            print(f"error: {user_message(e)}{hint}", file=self.stderr, flush=True)
             return
 
         shown = "".join(printed)
@@ -210,25 +208,21 @@ class ChatSession:
 
 def format_stat_line(metrics, finish_reason: str | None = None) -> str:
     """One line after each answer: time to first token, decode speed, prompt-cache reuse."""
-    parts = []
-    if finish_reason == "abort":
-        parts.append("cancelled")
-    ttft = metrics.ttft_s
-    parts.append(f"TTFT {ttft:.2f} s" if ttft is not None else "TTFT -")
-    rate = metrics.decode_tokens_per_s
-    parts.append(f"{rate:.1f} tok/s" if rate is not None else "- tok/s")
-    parts.append(f"{metrics.num_generated_tokens} tokens")
-    parts.append(f"cached {metrics.num_cached_tokens}/{metrics.num_prompt_tokens} prompt tokens")
-    if finish_reason == "length":
-        parts.append("cut at the length limit")
+    parts = ["cancelled"] if finish_reason == "abort" else []
+    parts.append(answer_summary(metrics.ttft_s, metrics.decode_tokens_per_s, metrics.num_generated_tokens,
+                                metrics.num_cached_tokens, metrics.num_prompt_tokens, finish_reason))
     if metrics.num_preemptions:
-        parts.append(f"{metrics.num_preemptions} preemptions")
+        parts.append(plural(metrics.num_preemptions, "preemption"))
     return "[" + " · ".join(parts) + "]"
 
 
 def format_stats(stats: dict[str, float]) -> str:
+    """`/stats`: the backend's numbers, one a line; free KV blocks are those holding nothing (the
+    cached ones, reusable for a prefix hit, are counted apart)."""
     if not stats:
         return "no engine stats yet"
+    if "blocks_total" in stats and "blocks_free" in stats:
+        stats = {**stats, "blocks_free": KvBlocks.from_stats(stats).free}
     width = max(map(len, stats))
     lines = []
     for key, value in stats.items():
@@ -243,11 +237,6 @@ def format_stats(stats: dict[str, float]) -> str:
 
 
 # ---------------------------------------------------------------------------------- helpers
-
-def _error(message: str) -> int:
-    print(message, file=sys.stderr, flush=True)
-    return EXIT_USAGE
-
 
 class _sigint_handler:
     """Route Ctrl+C to `handler` for the duration of a `with` block (main thread only; elsewhere

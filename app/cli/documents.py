@@ -13,13 +13,12 @@ import threading
 from pathlib import Path
 from typing import TextIO
 
-from app.backends.choice import BackendError, add_backend_arguments, start_backend, user_errors
+from app.backends import is_user_error, user_message
+from app.backends.choice import add_backend_arguments
+from app.cli.common import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, add_repetition_penalty_argument, error,
+                            start_backend)
 from app.paths import library_dir
-
-EXIT_OK = 0
-EXIT_FAILED_FILES = 1   # `folio index` indexed what it could, but some files failed
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
+from app.wording import plural
 BAR_WIDTH = 24
 STATUS_WORDS = {"added": "added", "updated": "updated", "unchanged": "unchanged", "duplicate": "duplicate",
                 "failed": "FAILED", "cancelled": "cancelled"}
@@ -52,8 +51,7 @@ def add_ask_parser(sub) -> None:
     p.add_argument("--max-tokens", type=int, default=256, metavar="N")
     p.add_argument("--temperature", type=float, default=0.0, metavar="F",
                    help="0 = greedy, the same answer every time (default: %(default)s)")
-    p.add_argument("--repetition-penalty", type=float, default=1.1, metavar="F",
-                   help="above 1 discourages small models from looping (default: %(default)s)")
+    add_repetition_penalty_argument(p)
     add_library_argument(p)
     add_backend_arguments(p)
     p.set_defaults(func=cmd_ask)
@@ -69,7 +67,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     try:
         lib = Library(args.library or library_dir())
     except LibraryError as e:
-        return _error(f"folio index: {e}")
+        return error(f"folio index: {e}")
     with lib:
         try:
             report = _interruptible(lambda: lib.add(args.paths, progress=bar.update, cancel=cancel), cancel)
@@ -79,14 +77,14 @@ def cmd_index(args: argparse.Namespace) -> int:
             print(format_result(r), flush=True)
         counts = {status: sum(r.status == status for r in report.results) for status in STATUS_WORDS}
         summary = ", ".join(f"{n} {status}" for status, n in counts.items() if n) or "no files"
-        print(f"{summary}. The library holds {len(lib.documents())} documents.", file=sys.stderr, flush=True)
+        print(f"{summary}. The library holds {plural(len(lib.documents()), 'document')}.", file=sys.stderr, flush=True)
     if cancel.is_set():
         return EXIT_INTERRUPTED
-    return EXIT_FAILED_FILES if report.failed else EXIT_OK
+    return EXIT_FAILED if report.failed else EXIT_OK
 
 
 def format_result(r) -> str:
-    detail = f"{r.num_chunks} chunks" if r.status in ("added", "updated", "unchanged") else (r.error or "")
+    detail = plural(r.num_chunks, "chunk") if r.status in ("added", "updated", "unchanged") else (r.error or "")
     return f"{STATUS_WORDS[r.status]:<10} {r.path}" + (f"  ({detail})" if detail and r.status != "failed" else "") \
         + (f"\n           {r.error}" if r.status == "failed" else "")
 
@@ -120,20 +118,20 @@ class ProgressLine:
 # ---------------------------------------------------------------------------------- folio ask
 
 def cmd_ask(args: argparse.Namespace) -> int:
-    from engine import SamplingParams
+    from engine import RequestError, SamplingParams
     from rag import Library, LibraryError
 
     try:
         params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature,
                                 repetition_penalty=args.repetition_penalty)
-    except ValueError as e:
-        return _error(f"folio ask: {e}")
+    except RequestError as e:
+        return error(f"folio ask: {e}")
     if args.top_k < 1:
-        return _error("folio ask: --top-k must be at least 1")
+        return error("folio ask: --top-k must be at least 1")
     try:
         lib = Library(args.library or library_dir())
     except LibraryError as e:
-        return _error(f"folio ask: {e}")
+        return error(f"folio ask: {e}")
     with lib:
         pinned = []
         if args.doc:
@@ -142,17 +140,16 @@ def cmd_ask(args: argparse.Namespace) -> int:
                 print(f"folio ask: {r.error}", file=sys.stderr)
             pinned = [r.doc_id for r in report.results if r.doc_id is not None]
             if not pinned:
-                return _error("folio ask: none of the --doc files could be read")
+                return error("folio ask: none of the --doc files could be read")
         elif not lib.documents():
-            return _error("folio ask: the library is empty; add documents with `folio index PATH...`")
-        try:
-            backend = start_backend(args)
-        except BackendError as e:
-            return _error(f"folio ask: {e}")
+            return error("folio ask: the library is empty; add documents with `folio index PATH...`")
+        backend = start_backend(args, "folio ask")
+        if isinstance(backend, int):
+            return backend
         try:
             return _answer(args, lib, pinned, backend, params)
         finally:
-            backend.engine.shutdown()
+            backend.shutdown()
 
 
 def _answer(args: argparse.Namespace, lib, pinned: list[str], backend, params) -> int:
@@ -160,8 +157,8 @@ def _answer(args: argparse.Namespace, lib, pinned: list[str], backend, params) -
 
     prompt = build_prompt(args.question, library=lib, pinned_doc_ids=pinned, search=not pinned, k=args.top_k,
                           count_tokens=backend.count_tokens,
-                          max_context_tokens=backend.context_tokens - args.max_tokens)
-    handle = backend.engine.submit(prompt.messages, params)
+                          max_context_tokens=backend.max_model_len - args.max_tokens)
+    handle = backend.submit(prompt.messages, params)
     shown = []
     try:
         try:
@@ -172,8 +169,10 @@ def _answer(args: argparse.Namespace, lib, pinned: list[str], backend, params) -
         except KeyboardInterrupt:
             handle.cancel()
         output = handle.result()
-    except user_errors() as e:  # e.g. the question and documents do not fit the context
-        return _error(f"\nfolio ask: {e}")
+    except Exception as e:  # e.g. the question and documents do not fit the context
+        if not is_user_error(e):
+            raise
+        return error(f"\nfolio ask: {user_message(e)}")
     shown_text = "".join(shown)
     if output.text.startswith(shown_text):
         sys.stdout.write(output.text[len(shown_text):])  # text the stream held back, if any
@@ -194,13 +193,13 @@ def _answer(args: argparse.Namespace, lib, pinned: list[str], backend, params) -
 def _interruptible(work, cancel: threading.Event):
     """Run `work` in a thread so Ctrl+C can set `cancel` and still get its (partial) report."""
     result: list = []
-    error: list[BaseException] = []
+    failure: list[BaseException] = []
 
     def run() -> None:
         try:
             result.append(work())
         except BaseException as e:  # re-raised in the caller's thread
-            error.append(e)
+            failure.append(e)
 
     worker = threading.Thread(target=run, name="folio-index")
     worker.start()
@@ -210,14 +209,9 @@ def _interruptible(work, cancel: threading.Event):
         except KeyboardInterrupt:
             cancel.set()
             print("\nstopping after the current batch…", file=sys.stderr, flush=True)
-    if error:
-        raise error[0]
+    if failure:
+        raise failure[0]
     return result[0]
-
-
-def _error(message: str) -> int:
-    print(message, file=sys.stderr, flush=True)
-    return EXIT_USAGE
 
 
 def _isatty(stream: TextIO) -> bool:

@@ -12,11 +12,9 @@ import sys
 from collections.abc import Callable, Sequence
 
 from app.cli.chat import add_chat_parser
+from app.cli.common import EXIT_INTERRUPTED, EXIT_USAGE
 from app.cli.documents import add_ask_parser, add_index_parser
 from app.server.command import add_serve_arguments, cmd_serve
-
-EXIT_USAGE = 2  # bad arguments (argparse's code)
-EXIT_INTERRUPTED = 130  # Ctrl+C while the model was still loading
 
 SUBCOMMANDS = ("chat", "index", "ask", "serve")
 

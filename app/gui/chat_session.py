@@ -152,7 +152,7 @@ class ChatSession(QObject):
             self._end(ERROR, error)
             return
         self._sources = prompt.sources
-        self.generation = self.bridge.submit(prompt.messages, self.settings().sampling_kwargs())
+        self.generation = self.bridge.submit(prompt.messages, self.settings().sampling_params())
         self.generation.delta.connect(self._on_delta)
         self.generation.finished.connect(self._on_finished)
         self.generation.failed.connect(self._on_failed)

@@ -2,42 +2,21 @@
 reuse, and free, as one bar with a legend, redrawn whenever the engine's stats change."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from PySide6.QtCore import QRectF, QSize, Qt
 from PySide6.QtGui import QColor, QPainter, QPainterPath
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QSizePolicy, QWidget
 
+from app.backends.kv import KvBlocks
 from app.gui.theme import colors
 
 MIN_SEGMENT = 3.0  # logical pixels: a non-empty kind never vanishes from the picture
 
 
-@dataclass(frozen=True)
-class KvBlocks:
-    """Disjoint counts that add up to the total (the engine's `blocks_free` counts cached
-    blocks as free, and `blocks_used` counts shared ones as used)."""
-
-    shared: int = 0
-    used: int = 0      # used by exactly one request
-    cached: int = 0    # no request, but kept for a prefix hit
-    free: int = 0
-    block_size: int = 16
-
-    @classmethod
-    def from_stats(cls, stats: dict) -> KvBlocks:
-        total, used = int(stats.get("blocks_total", 0)), int(stats.get("blocks_used", 0))
-        shared, cached = int(stats.get("blocks_shared", 0)), int(stats.get("blocks_cached", 0))
-        return cls(shared, used - shared, cached, max(total - used - cached, 0), int(stats.get("block_size", 16)))
-
-    @property
-    def total(self) -> int:
-        return self.shared + self.used + self.cached + self.free
-
-    def parts(self) -> list[tuple[str, int, str]]:
-        c = colors()
-        return [("shared", self.shared, c.kv_shared), ("used", self.used, c.kv_used),
-                ("cached", self.cached, c.kv_cached), ("free", self.free, c.kv_free)]
+def kv_parts(blocks: KvBlocks) -> list[tuple[str, int, str]]:
+    """(kind, count, colour) of each part of the picture, in the current theme."""
+    c = colors()
+    colour = {"shared": c.kv_shared, "used": c.kv_used, "cached": c.kv_cached, "free": c.kv_free}
+    return [(kind, n, colour[kind]) for kind, n in blocks.counts()]
 
 
 class KvBar(QWidget):
@@ -61,10 +40,10 @@ class KvBar(QWidget):
         total = self.blocks.total
         if total == 0:
             return [("free", 0.0, width)]
-        widths = {kind: (max(MIN_SEGMENT, width * n / total) if n else 0.0) for kind, n, _ in self.blocks.parts()}
+        widths = {kind: (max(MIN_SEGMENT, width * n / total) if n else 0.0) for kind, n, _ in kv_parts(self.blocks)}
         widths["free"] = max(0.0, width - sum(w for k, w in widths.items() if k != "free"))
         out, x = [], 0.0
-        for kind, _, _ in self.blocks.parts():
+        for kind, _, _ in kv_parts(self.blocks):
             if widths[kind] > 0:
                 out.append((kind, x, widths[kind]))
                 x += widths[kind]
@@ -77,7 +56,7 @@ class KvBar(QWidget):
         clip = QPainterPath()
         clip.addRoundedRect(rect, rect.height() / 3, rect.height() / 3)
         painter.setClipPath(clip)
-        colour = {kind: c for kind, _, c in self.blocks.parts()}
+        colour = {kind: c for kind, _, c in kv_parts(self.blocks)}
         for kind, x, w in self.segments():
             painter.fillRect(QRectF(x, 0, w, rect.height()), QColor(colour[kind]))
         painter.end()
@@ -105,7 +84,7 @@ class KvIndicator(QWidget):
     def set_stats(self, stats: dict) -> None:
         blocks = KvBlocks.from_stats(stats)
         self.bar.set_blocks(blocks)
-        self.legend.setText(" ".join(f'<span style="color:{c}">■</span> {n} {kind}' for kind, n, c in blocks.parts()))
+        self.legend.setText(" ".join(f'<span style="color:{c}">■</span> {n} {kind}' for kind, n, c in kv_parts(blocks)))
         tokens = blocks.block_size
         self.setToolTip(
             f"KV memory: {blocks.total} blocks of {tokens} tokens\n"

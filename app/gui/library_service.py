@@ -6,22 +6,22 @@ building (which embeds the question and searches) and small reads run on the que
 question never waits behind a long indexing job. The library's store and embedder are
 thread-safe, so both workers share one `Library`.
 
-Workers report through private signals connected with `Qt.QueuedConnection`; the public signals
-and the callbacks given to `build_prompt`/`passage` always fire in the GUI thread.
+Workers report through the service's `Background`; the public signals and the callbacks given to
+`build_prompt`/`passage` always fire in the GUI thread.
 """
 from __future__ import annotations
 
 import itertools
 import logging
-import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from PySide6.QtCore import QObject, Qt, Signal
+from PySide6.QtCore import QObject, Signal
 
 from app.gui import heavy_imports
+from app.gui.background import Background, Worker
 
 log = logging.getLogger(__name__)
 
@@ -56,35 +56,10 @@ class PromptRequest:
     max_context_tokens: int = 6000
 
 
-class _Worker:
-    """A thread running posted callables in order."""
-
-    def __init__(self, name: str) -> None:
-        self._jobs: queue.Queue = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-
-    def post(self, job: Callable[[], None]) -> None:
-        self._jobs.put(job)
-
-    def stop(self, timeout: float) -> None:
-        self._jobs.put(None)
-        self._thread.join(timeout)
-
-    def _run(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            try:
-                job()
-            except Exception:  # a bug in one job must not kill the worker
-                log.exception("library job failed")
-
-
 class LibraryService(QObject):
     openFailed = Signal(str)
     documentsChanged = Signal(object)  # list[DocumentInfo]
     jobChanged = Signal(object)        # FileJob (a snapshot)
-
-    _fromWorker = Signal(str, object)  # kind, payload
 
     def __init__(self, folder: Path, embedder=None, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -100,17 +75,17 @@ class LibraryService(QObject):
         self._job_ids = itertools.count(1)
         self._keys = itertools.count(1)
         self._callbacks: dict[int, Callable] = {}
-        self._fromWorker.connect(self._dispatch, Qt.ConnectionType.QueuedConnection)
-        self._query = _Worker("folio-library-query")
-        self._indexer = _Worker("folio-indexing")
-        self._query.post(lambda: self._open(embedder))
+        self._background = Background(self)
+        self._query = Worker("folio-library-query")
+        self._indexer = Worker("folio-indexing")
+        self._background.run(lambda: self._open(embedder), worker=self._query)
 
     # ------------------------------------------------------------------ GUI-thread API
 
     def index(self, paths: list[Path], on_done: Callable[[list[str]], None] | None = None) -> None:
         """Add files and folders; `on_done(doc_ids)` gets the ids of the files now in the library."""
         key = self._remember(on_done)
-        self._indexer.post(lambda: self._index(list(paths), key))
+        self._background.run(lambda: self._index(list(paths), key), worker=self._indexer)
 
     def cancel(self, job_id: int) -> None:
         with self._cancels_lock:
@@ -125,18 +100,18 @@ class LibraryService(QObject):
             flag.set()
 
     def remove(self, doc_id: str) -> None:
-        self._query.post(lambda: self._remove(doc_id))
+        self._background.run(lambda: self._remove(doc_id), worker=self._query)
 
     def build_prompt(self, request: PromptRequest, on_done: Callable[[object, str | None], None]) -> int:
         """`on_done(prompt, error)` later, in the GUI thread; returns a key for `forget`."""
         key = self._remember(on_done)
-        self._query.post(lambda: self._build_prompt(request, key))
+        self._background.run(lambda: self._build_prompt(request, key), worker=self._query)
         return key
 
     def passage(self, doc_id: str, start: int, end: int, on_done: Callable[[str | None], None]) -> None:
         """The text of [start, end) of a document, or None if it left the library."""
         key = self._remember(on_done)
-        self._query.post(lambda: self._passage(doc_id, start, end, key))
+        self._background.run(lambda: self._passage(doc_id, start, end, key), worker=self._query)
 
     def forget(self, key: int) -> None:
         """Drop a pending callback (its chat was closed or stopped)."""
@@ -156,29 +131,24 @@ class LibraryService(QObject):
             self._callbacks[key] = callback
         return key
 
-    def _dispatch(self, kind: str, payload) -> None:
-        if kind == "open_failed":
-            self.failed = True
-            self.openFailed.emit(payload)
-        elif kind == "documents":
-            self.documents, self.listed = payload, True
-            self.documentsChanged.emit(payload)
-        elif kind == "job":
-            self.jobChanged.emit(payload)
-        elif kind == "callback":
-            key, args = payload
-            callback = self._callbacks.pop(key, None)
-            if callback is not None:
-                callback(*args)
+    def _open_failed(self, message: str) -> None:
+        self.failed = True
+        self.openFailed.emit(message)
 
-    def _post(self, kind: str, payload) -> None:  # worker side
-        try:
-            self._fromWorker.emit(kind, payload)
-        except RuntimeError:  # the service is gone (its window closed): nobody is listening
-            pass
+    def _documents_listed(self, documents: list) -> None:
+        self.documents, self.listed = documents, True
+        self.documentsChanged.emit(documents)
+
+    def _call(self, key: int, *args) -> None:
+        callback = self._callbacks.pop(key, None)
+        if callback is not None:
+            callback(*args)
+
+    def _job_changed(self, job: FileJob) -> None:
+        self.jobChanged.emit(job)
 
     def _call_back(self, key: int, *args) -> None:  # worker side
-        self._post("callback", (key, args))
+        self._background.call_soon(self._call, key, *args)
 
     # ------------------------------------------------------------------ query worker
 
@@ -191,10 +161,10 @@ class LibraryService(QObject):
             log.exception("opening the library failed")
             self.error = f"The document library at {self.folder} cannot be opened: {e}"
             self._ready.set()  # after `error` is set: the indexing worker reads it once this is set
-            self._post("open_failed", self.error)
+            self._background.call_soon(self._open_failed, self.error)
             return
         self._ready.set()
-        self._post("documents", self.library.documents())
+        self._background.call_soon(self._documents_listed, self.library.documents())
         try:
             self.library.embedder.count_tokens("warm up")  # loads MiniLM now, not on the first question
         except Exception:
@@ -230,7 +200,7 @@ class LibraryService(QObject):
             self.library.remove(doc_id)
         except KeyError:
             pass
-        self._post("documents", self.library.documents())
+        self._background.call_soon(self._documents_listed, self.library.documents())
 
     # ------------------------------------------------------------------ indexing worker
 
@@ -242,7 +212,8 @@ class LibraryService(QObject):
         except Exception as e:
             log.exception("indexing could not start")
             for path in paths:
-                self._post("job", FileJob(next(self._job_ids), path, FAILED, 1.0, f"Cannot index {path.name}: {e}"))
+                failed = FileJob(next(self._job_ids), path, FAILED, 1.0, f"Cannot index {path.name}: {e}")
+                self._background.call_soon(self._job_changed, failed)
             self._call_back(key, [])
             return
         jobs = [FileJob(next(self._job_ids), p) for p in expand(paths)]
@@ -250,7 +221,7 @@ class LibraryService(QObject):
         with self._cancels_lock:
             self._cancels.update(flags)
         for job in jobs:
-            self._post("job", job)
+            self._background.call_soon(self._job_changed, job)
         kept: list[str] = []
         for job in jobs:
             job = self._index_file(job, flags[job.id])
@@ -268,7 +239,8 @@ class LibraryService(QObject):
         else:
             def progress(p) -> None:
                 if p.stage in (READING, EMBEDDING):
-                    self._post("job", replace(job, state=p.stage, fraction=_overall(p.stage, p.fraction)))
+                    moved = replace(job, state=p.stage, fraction=_overall(p.stage, p.fraction))
+                    self._background.call_soon(self._job_changed, moved)
 
             try:
                 result = self.library.add([job.path], progress=progress, cancel=cancel).results[0]
@@ -276,9 +248,9 @@ class LibraryService(QObject):
             except Exception as e:  # a bug or a full disk: this file fails, the others go on
                 log.exception("indexing %s failed", job.path)
                 job = replace(job, state=FAILED, error=f"{job.path.name}: {e}", fraction=1.0)
-        self._post("job", job)
+        self._background.call_soon(self._job_changed, job)
         if job.state in ("added", "updated"):
-            self._post("documents", self.library.documents())
+            self._background.call_soon(self._documents_listed, self.library.documents())
         return job
 
 

@@ -3,7 +3,6 @@ picture, an inline banner for engine and library errors, and the menus and short
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,41 +26,6 @@ from app.gui.theme import apply_theme, icon
 
 log = logging.getLogger(__name__)
 BUSY_MARK = "● "
-
-
-def engine_factory(settings: Settings) -> Callable[[], object]:
-    """What the bridge's loader thread runs to make an engine for these settings."""
-    if settings.is_remote:
-        return remote_factory(*settings.remote_args())
-    model, config = settings.model_arg(), settings.engine_config()
-
-    def make():
-        from engine import EngineThread, ModelLoadError  # torch loads here, off the GUI thread
-        if config["device"] == "cuda":
-            import torch
-            if not torch.cuda.is_available():
-                raise ModelLoadError("the device is set to CUDA but no CUDA GPU is available; "
-                                     "choose auto or cpu in Settings")
-        return EngineThread(model, **config)
-
-    return make
-
-
-def remote_factory(base_url: str, api_key: str | None, model: str | None) -> Callable[[], object]:
-    """An OpenAI-compatible server instead of the local engine. Asking it for its model here,
-    on the loader thread, makes a wrong URL or key a load error, shown in the banner."""
-
-    def make():
-        from app.backends.remote import RemoteEngine  # imports the engine package (torch): off the GUI thread
-        remote = RemoteEngine(base_url, api_key, model)
-        try:
-            remote.wait_ready()
-        except BaseException:
-            remote.shutdown()
-            raise
-        return remote
-
-    return make
 
 
 def remote_status(detail: str, stats: dict) -> str:
@@ -102,10 +66,10 @@ class ErrorBanner(QFrame):
 
 
 class MainWindow(QMainWindow):
-    def __init__(self, data_dir: Path, settings: Settings | None = None, engine=None, embedder=None,
+    def __init__(self, data_dir: Path, settings: Settings | None = None, backend=None, embedder=None,
                  run_overrides: list[dict] | None = None) -> None:
-        """`engine`: an engine-like object to use instead of loading one (shared by tests; the
-        window never shuts it down). `embedder`: a rag Embedder to share. `run_overrides`: one dict
+        """`backend`: a ready `app.backends.Backend` to use instead of opening one (shared by tests;
+        the window never shuts it down). `embedder`: a rag Embedder to share. `run_overrides`: one dict
         of Settings fields per command-line option (--model, --device, --theme), applied on top of
         `settings` for this run only: they are never saved unless the user changes those fields."""
         super().__init__()
@@ -170,8 +134,8 @@ class MainWindow(QMainWindow):
 
         self._make_menus()
         self._restore_tabs()
-        if engine is not None:
-            self.bridge.use(engine, self.settings.model_label())
+        if backend is not None:
+            self.bridge.use(backend, self.settings.model_label())
         else:
             self.restart_engine()
 
@@ -352,7 +316,7 @@ class MainWindow(QMainWindow):
 
     def restart_engine(self) -> None:
         self.banner.hide()
-        self.bridge.start(engine_factory(self.settings), self.settings.model_label())
+        self.bridge.start(self.settings.backend_spec(), self.settings.model_label())
 
     def _engine_state(self, state: str, detail: str) -> None:
         if state == engine_bridge.LOADING:
@@ -366,7 +330,7 @@ class MainWindow(QMainWindow):
             self.banner.show_error(detail)
 
     def _engine_stats(self, stats: dict) -> None:
-        if "blocks_total" not in stats:  # a remote server reports no KV blocks
+        if self.bridge.remote:  # its KV memory is not ours to see
             self.kv.hide()
             self.engine_label.setText(remote_status(self.bridge.detail, stats))
             return
@@ -378,7 +342,7 @@ class MainWindow(QMainWindow):
                                   f"prefix hits {hit:.0%}")
 
     def open_settings(self) -> SettingsDialog:
-        dialog = SettingsDialog(self.settings, self)
+        dialog = SettingsDialog(self.settings, self, gpu_present=getattr(self.bridge.backend, "device", "") == "cuda")
         dialog.accepted_settings.connect(self.apply_settings)
         dialog.finished.connect(lambda *_: setattr(self, "settings_dialog", None))
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
@@ -393,7 +357,7 @@ class MainWindow(QMainWindow):
         if settings.theme != old.theme:
             apply_theme(QApplication.instance(), settings.theme)
             self._redraw_messages()
-        if settings.engine_key() != old.engine_key():
+        if settings.backend_spec() != old.backend_spec():
             self.restart_engine()
 
     def _without_run_overrides(self, settings: Settings) -> Settings:

@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from app.wording import answer_summary
+
 # An answer's life: pending (prompt being built) -> streaming -> done | stopped | error.
 # "interrupted" is a streaming answer found in the history after a crash or a kill.
 PENDING, STREAMING, DONE = "pending", "streaming", "done"
@@ -63,13 +65,8 @@ class AnswerStats:
                    int(d.get("prompt_tokens", 0)), int(d.get("cached_tokens", 0)), d.get("finish_reason"))
 
     def summary(self) -> str:
-        parts = [f"TTFT {self.ttft_s:.2f} s" if self.ttft_s is not None else "TTFT –",
-                 f"{self.tokens_per_s:.1f} tok/s" if self.tokens_per_s is not None else "– tok/s",
-                 f"{self.generated_tokens} tokens",
-                 f"cached {self.cached_tokens}/{self.prompt_tokens} prompt tokens"]
-        if self.finish_reason == "length":
-            parts.append("cut at the length limit")
-        return " · ".join(parts)
+        return answer_summary(self.ttft_s, self.tokens_per_s, self.generated_tokens, self.cached_tokens,
+                              self.prompt_tokens, self.finish_reason)
 
 
 @dataclass

@@ -56,7 +56,7 @@ def wait(app, condition: Callable[[], bool], timeout: float = 180.0) -> None:
         time.sleep(0.01)
 
 
-def shoot(app, out: Path, theme: str, engine, embedder, docs: dict[str, Path]) -> list[Path]:
+def shoot(app, out: Path, theme: str, backend, embedder, docs: dict[str, Path]) -> list[Path]:
     from dataclasses import replace
 
     from app.gui.engine_bridge import READY
@@ -67,7 +67,7 @@ def shoot(app, out: Path, theme: str, engine, embedder, docs: dict[str, Path]) -
     apply_theme(app, theme)
     data_dir = Path(tempfile.mkdtemp(prefix=f"folio-shot-{theme}-"))
     settings = replace(Settings(), theme=theme, temperature=0.0, max_tokens=120)
-    window = MainWindow(data_dir, settings, engine=engine, embedder=embedder)
+    window = MainWindow(data_dir, settings, backend=backend, embedder=embedder)
     window.resize(1400, 900)
     window.show()
     wait(app, lambda: window.bridge.state == READY and window.library.library is not None)
@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     from PySide6.QtWidgets import QApplication
 
+    from app.backends.local import LocalBackend
     from engine import EngineThread
     from rag.embedder import Embedder
 
@@ -140,12 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     write_pdf(docs["manual"], MANUAL)
     docs["notes"].write_text(NOTES, encoding="utf-8")
     docs["handbook"].write_text("\n\n".join(f"Chapter {i}. " + NOTES * 6 for i in range(300)), encoding="utf-8")
-    engine = EngineThread(None, num_kv_blocks=256)  # a small pool: its picture is readable
+    backend = LocalBackend(EngineThread(None, num_kv_blocks=256))  # a small pool: its picture is readable
     embedder = Embedder()
     for theme in ("light", "dark"):
-        for path in shoot(app, out, theme, engine, embedder, docs):
+        for path in shoot(app, out, theme, backend, embedder, docs):
             print(path)
-    engine.shutdown()
+    backend.shutdown()
     return 0
 
 

@@ -15,6 +15,8 @@ from importlib import resources
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from app import sampling
+from app.backends import BackendSpec, LocalSpec, RemoteSpec
 from app.paths import settings_path
 
 log = logging.getLogger(__name__)
@@ -41,10 +43,11 @@ class Settings:
     remote_model: str = ""            # "": the server's first model
     device: str = "auto"
     max_model_len: int = 0            # 0: as long as the model allows
-    kv_memory_fraction: float = 0.85
-    temperature: float = 0.7
-    top_p: float = 0.9
-    max_tokens: int = 512
+    kv_memory_fraction: float = 0.85  # of a GPU's memory left after the weights; nothing on the CPU
+    temperature: float = sampling.TEMPERATURE
+    top_p: float = sampling.TOP_P
+    max_tokens: int = sampling.MAX_TOKENS
+    repetition_penalty: float = sampling.REPETITION_PENALTY
     system_preset: str = DEFAULT_PRESET
     system_prompt: str | None = None  # the preset's text, possibly edited; None: rag's default
     theme: str = "light"
@@ -62,42 +65,33 @@ class Settings:
     def is_remote(self) -> bool:
         return self.model_source == "remote"
 
-    def model_arg(self) -> str | None:
-        """What `EngineThread(model, ...)` takes: None for the bundled model."""
-        return self.model_path.strip() if self.model_source in LOCAL_FILE_SOURCES else None
-
-    def engine_config(self) -> dict:
-        """Keyword arguments for `EngineThread` (EngineConfig fields)."""
-        config: dict = {"device": self.device, "kv_memory_fraction": self.kv_memory_fraction}
+    def backend_spec(self) -> BackendSpec:
+        """Who answers with these settings; the window reloads when this changes. The KV memory
+        fraction is a GPU setting: on the CPU it changes nothing, so it is not part of the choice."""
+        if self.is_remote:
+            return RemoteSpec(self.remote_url.strip(), self.remote_key.strip() or None,
+                              self.remote_model.strip() or None)
+        model = self.model_path.strip() if self.model_source in LOCAL_FILE_SOURCES else None
+        config: dict = {} if self.device == "cpu" else {"kv_memory_fraction": self.kv_memory_fraction}
         if self.max_model_len:
             config["max_model_len"] = self.max_model_len
-        return config
-
-    def remote_args(self) -> tuple[str, str | None, str | None]:
-        """`RemoteEngine(base_url, api_key, model)`'s arguments, blanks as None."""
-        return self.remote_url.strip(), self.remote_key.strip() or None, self.remote_model.strip() or None
-
-    def engine_key(self) -> tuple:
-        """Settings that need a new engine when they change (a remote server ignores the local
-        engine's device and memory settings)."""
-        if self.is_remote:
-            return ("remote", *self.remote_args())
-        return ("local", self.model_arg(), tuple(sorted(self.engine_config().items())))
+        return LocalSpec.of(model, self.device, **config)
 
     def model_label(self) -> str:
         if self.model_source == "bundled":
             return "SmolLM2 (bundled)"
         if self.is_remote:
-            url, _, model = self.remote_args()
+            url, model = self.remote_url.strip(), self.remote_model.strip()
             netloc = urlsplit(url if "://" in url else f"http://{url}").netloc
             host = netloc.rpartition("@")[2] or url  # never a password written into the URL
             return f"{model or 'default model'}@{host}"
         return Path(self.model_path).name or self.model_path
 
-    def sampling_kwargs(self) -> dict:
-        """`SamplingParams` keyword arguments; the bridge builds the object once the engine (and
-        torch) is loaded, so the GUI thread never imports torch."""
-        return {"max_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p}
+    def sampling_params(self):
+        """The answers' `engine.SamplingParams` (importing them loads no torch)."""
+        from engine import SamplingParams
+        return SamplingParams(max_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p,
+                              repetition_penalty=self.repetition_penalty)
 
 
 _CHECKS = {
@@ -108,6 +102,8 @@ _CHECKS = {
     "temperature": (lambda v: v >= 0.0, "temperature must be >= 0"),
     "top_p": (lambda v: 0.0 < v <= 1.0, "top-p must be in (0, 1]"),
     "max_tokens": (lambda v: v >= 1, "max tokens must be >= 1"),
+    "repetition_penalty": (lambda v: sampling.REPETITION_PENALTY_RANGE[0] <= v <= sampling.REPETITION_PENALTY_RANGE[1],
+                           "repetition penalty must be between {:g} and {:g}".format(*sampling.REPETITION_PENALTY_RANGE)),
     "theme": (lambda v: v in THEMES, f"theme must be one of {', '.join(THEMES)}"),
 }
 

@@ -6,17 +6,17 @@ It edits a copy and hands back a new `Settings` on OK; the window decides what c
 from __future__ import annotations
 
 import logging
-import threading
-from concurrent.futures import Future
 from dataclasses import replace
 
-from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QComboBox, QDialog, QDialogButtonBox, QDoubleSpinBox, QFileDialog, QFormLayout,
                                QGroupBox, QHBoxLayout, QLabel, QLineEdit, QPlainTextEdit, QPushButton, QSpinBox,
                                QVBoxLayout, QWidget)
 
+from app import sampling
+from app.backends import is_user_error, user_message
 from app.gui import heavy_imports
-from app.gui.engine_bridge import user_message
+from app.gui.background import Background
 from app.gui.settings import DEVICES, LOCAL_FILE_SOURCES, THEMES, Preset, Settings, load_presets
 
 log = logging.getLogger(__name__)
@@ -25,16 +25,19 @@ CUSTOM = "Custom"
 _SOURCES = [("bundled", "Bundled (SmolLM2-135M-Instruct)"), ("folder", "Hugging Face folder"), ("gguf", "GGUF file"),
             ("remote", "Remote server (OpenAI-compatible)")]
 CONNECTION_TEST_TIMEOUT_S = 10.0
-CONNECTION_TEST_POLL_MS = 50
 
 
 class SettingsDialog(QDialog):
     accepted_settings = Signal(object)  # Settings
 
-    def __init__(self, settings: Settings, parent: QWidget | None = None) -> None:
+    def __init__(self, settings: Settings, parent: QWidget | None = None, gpu_present: bool = False) -> None:
+        """`gpu_present`: whether "auto" runs on a GPU here (the KV memory fraction means nothing
+        on the CPU, so it is shown only for a GPU)."""
         super().__init__(parent)
         self.setWindowTitle("Settings")
         self.settings = settings
+        self.gpu_present = gpu_present
+        self._background = Background(self)
         self.presets: list[Preset] = load_presets()
 
         self.source = QComboBox()
@@ -60,11 +63,7 @@ class SettingsDialog(QDialog):
         self.test_result = QLabel()
         self.test_result.setWordWrap(True)
         self.test_result.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.test_thread: threading.Thread | None = None
-        self._test: Future | None = None
-        self._test_timer = QTimer(self)
-        self._test_timer.setInterval(CONNECTION_TEST_POLL_MS)
-        self._test_timer.timeout.connect(self._poll_test)
+        self.testing = False
         self.device = QComboBox()
         self.device.addItems(list(DEVICES))
         self.context = QSpinBox()
@@ -85,6 +84,11 @@ class SettingsDialog(QDialog):
         self.top_p.setSingleStep(0.05)
         self.max_tokens = QSpinBox()
         self.max_tokens.setRange(1, 1 << 16)
+        self.repetition_penalty = QDoubleSpinBox()
+        self.repetition_penalty.setRange(*sampling.REPETITION_PENALTY_RANGE)
+        self.repetition_penalty.setSingleStep(0.05)
+        self.repetition_penalty.setToolTip(f"Above 1 keeps small models from repeating themselves; 1 is off "
+                                           f"(default {sampling.REPETITION_PENALTY:g})")
         self.preset = QComboBox()
         self.preset.addItems([p.name for p in self.presets] + [CUSTOM])
         self.system = QPlainTextEdit()
@@ -107,7 +111,7 @@ class SettingsDialog(QDialog):
         model_form.addRow("&Context length:", self.context)
         model_form.addRow("&KV memory fraction:", self.kv_fraction)
         self._model_form = model_form
-        self._local_rows = [path_row, self.device, self.context, self.kv_fraction]
+        self._local_rows = [path_row, self.device, self.context]
         self._remote_rows = [self.remote_url, self.remote_key, self.remote_model, self.test_result]
         note = QLabel("Changing these reloads the model in the background.")
         note.setObjectName("hint")
@@ -117,6 +121,7 @@ class SettingsDialog(QDialog):
         gen_form.addRow("&Temperature:", self.temperature)
         gen_form.addRow("Top-&p:", self.top_p)
         gen_form.addRow("Max &tokens:", self.max_tokens)
+        gen_form.addRow("&Repetition penalty:", self.repetition_penalty)
         gen_form.addRow("System &prompt:", self.preset)
         gen_form.addRow(self.system)
         look_box = QGroupBox("Appearance")
@@ -136,6 +141,7 @@ class SettingsDialog(QDialog):
 
         self._load(settings)
         self.source.currentIndexChanged.connect(self._update_source)
+        self.device.currentIndexChanged.connect(self._update_source)
         self.preset.currentIndexChanged.connect(self._preset_chosen)
         self.system.textChanged.connect(self._system_edited)
         self._update_source()
@@ -148,6 +154,7 @@ class SettingsDialog(QDialog):
         self.temperature.setValue(s.temperature)
         self.top_p.setValue(s.top_p)
         self.max_tokens.setValue(s.max_tokens)
+        self.repetition_penalty.setValue(s.repetition_penalty)
         names = [p.name for p in self.presets]
         self.preset.setCurrentText(s.system_preset if s.system_preset in names else CUSTOM)
         self.system.setPlainText(s.system_prompt or "")
@@ -163,7 +170,8 @@ class SettingsDialog(QDialog):
                        remote_model=self.remote_model.text().strip(),
                        device=self.device.currentText(), max_model_len=self.context.value(),
                        kv_memory_fraction=round(self.kv_fraction.value(), 2), temperature=self.temperature.value(),
-                       top_p=self.top_p.value(), max_tokens=self.max_tokens.value(), system_preset=preset,
+                       top_p=self.top_p.value(), max_tokens=self.max_tokens.value(),
+                       repetition_penalty=round(self.repetition_penalty.value(), 2), system_preset=preset,
                        system_prompt=system, theme=self.theme.currentText())
 
     def _accept(self) -> None:
@@ -184,34 +192,37 @@ class SettingsDialog(QDialog):
             self._model_form.setRowVisible(row, source != "remote")
         for row in self._remote_rows:
             self._model_form.setRowVisible(row, source == "remote")
+        device = self.device.currentText()
+        on_gpu = device == "cuda" or (device == "auto" and self.gpu_present)
+        self._model_form.setRowVisible(self.kv_fraction, source != "remote" and on_gpu)
         self.path.setEnabled(source in LOCAL_FILE_SOURCES)
         self.browse.setEnabled(source in LOCAL_FILE_SOURCES)
 
     # ------------------------------------------------------------------ "Test connection"
 
     def test_connection(self) -> None:
-        """Ask the server for its models on a worker thread; the answer is polled for, so the
-        worker never touches a Qt object and the dialog may close (or go away) meanwhile."""
-        if self._test is not None:
+        """Ask the server for its models off the GUI thread; the dialog may close meanwhile."""
+        if self.testing:
             return
-        url, key, model = self.result_settings().remote_args()
-        self._test = Future()
+        spec = self.result_settings().backend_spec()
+        self.testing = True
         self.test_button.setEnabled(False)
         self._show_test_result("Connecting…", failed=False)
-        self.test_thread = threading.Thread(target=_run_connection_test,
-                                            args=(self._test, url, key, model, CONNECTION_TEST_TIMEOUT_S),
-                                            name="folio-connection-test", daemon=True)
-        self.test_thread.start()
-        self._test_timer.start()
+        self._background.run(lambda: _connection_test(spec.url, spec.api_key, spec.model), self._tested,
+                             self._test_failed, name="folio-connection-test")
 
-    def _poll_test(self) -> None:
-        if self._test is None or not self._test.done():
-            return
-        test, self._test = self._test, None
-        self._test_timer.stop()
+    def _tested(self, line: str) -> None:
+        self._test_ended(line, failed=False)
+
+    def _test_failed(self, error: Exception) -> None:
+        if not is_user_error(error):
+            log.error("testing the connection failed", exc_info=error)
+        self._test_ended(user_message(error), failed=True)
+
+    def _test_ended(self, text: str, failed: bool) -> None:
+        self.testing = False
         self.test_button.setEnabled(True)
-        error = test.exception()
-        self._show_test_result(test.result() if error is None else user_message(error), failed=error is not None)
+        self._show_test_result(text, failed)
 
     def _show_test_result(self, text: str, failed: bool) -> None:
         self.test_result.setText(text)
@@ -243,13 +254,7 @@ class SettingsDialog(QDialog):
         dialog.open()
 
 
-def _run_connection_test(result: Future, url: str, key: str | None, model: str | None, timeout: float) -> None:
-    """Worker thread: the success line, or the error, lands in `result`."""
-    try:
-        heavy_imports.ensure()  # app.backends.remote imports torch and transformers: not while another worker does
-        from app.backends.remote import test_connection  # imports the engine package (torch): not in the GUI thread
-        result.set_result(test_connection(url, key, model, timeout))
-    except Exception as e:  # a RemoteError says what is wrong; anything else is a bug, logged
-        if not isinstance(e, ValueError):
-            log.exception("testing the connection to %s failed", url)
-        result.set_exception(e)
+def _connection_test(url: str, key: str | None, model: str | None) -> str:
+    heavy_imports.ensure()  # not while another worker imports torch and transformers
+    from app.backends.remote import test_connection
+    return test_connection(url, key, model, CONNECTION_TEST_TIMEOUT_S)

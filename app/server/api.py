@@ -1,9 +1,11 @@
-"""`folio serve`'s web app: OpenAI's endpoints over one `EngineThread`.
+"""`folio serve`'s web app: OpenAI's endpoints over one local backend.
 
-The engine thread owns the device. Handlers only tokenize (in a worker thread), submit and
-cancel; the handles' callbacks run on the engine thread and reach the event loop through
-`call_soon_threadsafe` (`EngineRequests`). A client that goes away mid-answer has its requests
-cancelled at once, so their KV blocks go back to the pool.
+The engine thread owns the device, and tokenizes: handlers only submit prompts (text, token ids
+or chat messages) and cancel. The handles' callbacks run on the engine thread and reach the event
+loop through `call_soon_threadsafe` (`EngineRequests`). A response starts once every request of it
+has been accepted and has its first token, so a prompt the engine refuses (too long, empty, bad
+ids) is a 400, streamed or not. A client that goes away has its requests cancelled at once, so
+their KV blocks go back to the pool.
 """
 from __future__ import annotations
 
@@ -20,12 +22,13 @@ from urllib.parse import urlsplit
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from jinja2 import TemplateError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.backends import AnswerHandle, PromptInput, is_user_error, user_message
+from app.backends.local import LocalBackend
 from app.server import schema
 from app.server.schema import APIError, ChatCompletionRequest, CompletionRequest, EmbeddingRequest
-from engine import EngineThread, RequestHandle, RequestOutput, SamplingParams
+from engine import RequestError, RequestOutput, SamplingParams
 
 MAX_CHOICES = 64  # n x prompts in one HTTP request
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
@@ -38,16 +41,15 @@ def bundled_embedder():
     return Embedder()
 
 
-def create_app(engine_thread: EngineThread, embedder_factory: Callable[[], object] | None = bundled_embedder,
+def create_app(backend: LocalBackend, embedder_factory: Callable[[], object] | None = bundled_embedder,
                api_key: str | None = None, model_name: str | None = None, aliases: Sequence[str] = (),
                loopback_only: bool = False) -> FastAPI:
-    """The app for a loaded engine (waits for it to load). `model_name` is the id clients see
-    (default: the model folder's name); `aliases` are accepted too. `embedder_factory` makes
-    the `/v1/embeddings` model (None: no embeddings); the embedder loads on first use.
-    `loopback_only` (a server bound to loopback) refuses requests not addressed to this machine."""
-    engine = engine_thread.wait_ready()
-    names = [model_name or engine.model_path.name, *aliases]
-    server = OpenAIServer(engine_thread, list(dict.fromkeys(names)),
+    """The app for a loaded model. `model_name` is the id clients see (default: the model's
+    name); `aliases` are accepted too. `embedder_factory` makes the `/v1/embeddings` model (None:
+    no embeddings). `loopback_only` (a server bound to loopback) refuses requests not addressed to
+    this machine."""
+    names = [model_name or backend.model_name, *aliases]
+    server = OpenAIServer(backend, list(dict.fromkeys(names)),
                           embedder_factory() if embedder_factory is not None else None)
     app = FastAPI(title="Folio", docs_url=None, redoc_url=None, openapi_url=None)
     if api_key:
@@ -80,16 +82,17 @@ class EngineRequests:
     """The engine requests behind one HTTP request, their callbacks turned into one asyncio
     queue. Must be made on the event loop."""
 
-    def __init__(self, engine_thread: EngineThread) -> None:
-        self._engine_thread = engine_thread
+    def __init__(self, backend: LocalBackend) -> None:
+        self._backend = backend
         self._loop = asyncio.get_running_loop()
         self._events: asyncio.Queue[Event] = asyncio.Queue()
-        self.handles: list[RequestHandle] = []
+        self._early: list[Event] = []  # read by `started`, replayed by `events`
+        self.handles: list[AnswerHandle] = []
 
-    def submit(self, prompt_ids: list[int], params: SamplingParams) -> None:
+    def submit(self, prompt: PromptInput, params: SamplingParams) -> None:
         post = partial(self._post, len(self.handles))
-        self.handles.append(self._engine_thread.submit(
-            prompt_ids, params, on_delta=partial(post, "delta"), on_finish=partial(post, "finish"),
+        self.handles.append(self._backend.submit(
+            prompt, params, on_delta=partial(post, "delta"), on_finish=partial(post, "finish"),
             on_error=partial(post, "error")))
 
     def _post(self, index: int, kind: str, payload) -> None:  # on the engine thread
@@ -98,11 +101,22 @@ class EngineRequests:
         except RuntimeError:  # the event loop is closed: the server is shutting down
             pass
 
+    async def started(self) -> Event | None:
+        """Wait until every request has its first event; the first error, if one comes instead."""
+        heard: set[int] = set()
+        while len(heard) < len(self.handles):
+            event = await self._events.get()
+            self._early.append(event)
+            if event.kind == "error":
+                return event
+            heard.add(event.index)
+        return None
+
     async def events(self) -> AsyncIterator[Event]:
         """Every delta, then one "finish" or "error" per request."""
         open_requests = len(self.handles)
         while open_requests:
-            event = await self._events.get()
+            event = self._early.pop(0) if self._early else await self._events.get()
             if event.kind != "delta":
                 open_requests -= 1
             yield event
@@ -161,9 +175,8 @@ class Reply:
 class OpenAIServer:
     """The endpoints, bound to one engine thread and the ids it answers to."""
 
-    def __init__(self, engine_thread: EngineThread, model_ids: list[str], embedder) -> None:
-        self.engine_thread = engine_thread
-        self.engine = engine_thread.engine  # read only here: tokenizer, max_model_len, validate
+    def __init__(self, backend: LocalBackend, model_ids: list[str], embedder) -> None:
+        self.backend = backend
         self.model_ids = model_ids
         self.embedder = embedder
         self.created = int(time.time())
@@ -180,7 +193,7 @@ class OpenAIServer:
 
     async def stats(self) -> dict:
         """The engine's KV and scheduler numbers (Folio's own endpoint, not OpenAI's)."""
-        return self.engine_thread.stats()
+        return self.backend.stats()
 
     def _all_models(self) -> list[str]:
         return self.model_ids + ([self.embedder.model_name] if self.embedder is not None else [])
@@ -206,12 +219,11 @@ class OpenAIServer:
             raise APIError(400, "messages must not be empty", param="messages")
         self._check_choices(body.n)
         messages = [m.as_template_message() for m in body.messages]
-        prompt = await self._prompt_ids(messages, "messages")
         max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-        if max_tokens is None:  # as OpenAI does: the rest of the context
-            max_tokens = self.engine.max_model_len - len(prompt)
+        if max_tokens is None:  # as OpenAI does: the rest of the context, where the engine stops
+            max_tokens = self.backend.max_model_len
         return await self._generate(request, body, Reply(True, model, body.n, body.include_usage),
-                                    [prompt], max_tokens)
+                                    [messages], max_tokens, "messages")
 
     async def completions(self, body: CompletionRequest, request: Request) -> Response:
         model = self._chat_model(body.model)
@@ -221,9 +233,9 @@ class OpenAIServer:
         if not prompts:
             raise APIError(400, "prompt must not be empty", param="prompt")
         self._check_choices(len(prompts) * body.n)
-        ids = [await self._prompt_ids(p, "prompt") for p in prompts]
         max_tokens = body.max_tokens if body.max_tokens is not None else COMPLETIONS_DEFAULT_MAX_TOKENS
-        return await self._generate(request, body, Reply(False, model, body.n, body.include_usage), ids, max_tokens)
+        return await self._generate(request, body, Reply(False, model, body.n, body.include_usage), prompts,
+                                    max_tokens, "prompt")
 
     @staticmethod
     def _check_choices(count: int) -> None:
@@ -232,25 +244,17 @@ class OpenAIServer:
         if count > MAX_CHOICES:
             raise APIError(400, f"at most {MAX_CHOICES} choices (n x prompts) per request, got {count}", param="n")
 
-    async def _prompt_ids(self, prompt: str | list[int] | list[dict], param: str) -> list[int]:
-        return await asyncio.to_thread(self._tokenize, prompt, param)
-
-    def _tokenize(self, prompt: str | list[int] | list[dict], param: str) -> list[int]:
-        """Token ids of a prompt that fits the context, or a 400 that says why not (worker thread)."""
-        try:
-            ids = self.engine.tokenizer.prompt_ids(prompt)
-        except (ValueError, TemplateError) as e:
-            raise APIError(400, f"cannot build the prompt: {e}", param=param) from e
-        limit = self.engine.max_model_len
-        if len(ids) >= limit:
-            raise APIError(400, f"This model's maximum context length is {limit} tokens, but the prompt is "
-                                f"{len(ids)} tokens long (at least one token must be left for the answer). "
-                                f"Shorten the {param}.", param=param, code="context_length_exceeded")
-        try:
-            self.engine.validate(ids)  # empty prompt, token ids outside the vocabulary
-        except ValueError as e:
-            raise APIError(400, str(e), param=param) from e
-        return ids
+    async def _refusal(self, error: BaseException, prompt: PromptInput, param: str) -> APIError:
+        """The 400 for a request the engine would not take; a prompt over the context says both
+        lengths, as OpenAI does (counted here only once the engine has refused it)."""
+        if isinstance(error, RequestError) and error.param == "prompt":
+            limit, length = self.backend.max_model_len, await asyncio.to_thread(self.backend.count_tokens, prompt)
+            if length >= limit:
+                return APIError(400, f"This model's maximum context length is {limit} tokens, but the prompt is "
+                                     f"{length} tokens long (at least one token must be left for the answer). "
+                                     f"Shorten the {param}.", param=param, code="context_length_exceeded")
+            return APIError(400, str(error), param=param)
+        return _engine_error(error)
 
     def _sampling_params(self, body, max_tokens: int, sample: int) -> SamplingParams:
         try:
@@ -263,18 +267,26 @@ class OpenAIServer:
                 seed=None if body.seed is None else body.seed + sample,
                 stop=[body.stop] if isinstance(body.stop, str) else list(body.stop or []),
                 ignore_eos=body.ignore_eos)
-        except ValueError as e:
-            raise APIError(400, str(e)) from e
+        except RequestError as e:
+            raise APIError(400, str(e), param=e.param) from e
 
-    async def _generate(self, request: Request, body, reply: Reply, prompts: list[list[int]],
-                        max_tokens: int) -> Response:
+    async def _generate(self, request: Request, body, reply: Reply, prompts: list[PromptInput],
+                        max_tokens: int, param: str) -> Response:
         """n samples per prompt, each its own engine request (the prefix cache shares their
         prompt blocks); choice i*n + s is sample s of prompt i."""
         params = [self._sampling_params(body, max_tokens, s) for s in range(body.n)]
-        requests = EngineRequests(self.engine_thread)
+        requests = EngineRequests(self.backend)
         for prompt in prompts:
             for p in params:
                 requests.submit(prompt, p)
+        try:
+            started = await _unless_disconnected(requests.started(), request)
+        except ClientGone:
+            requests.cancel()
+            return Response(status_code=499)
+        if started is not None:  # refused: nothing was sent yet, so the answer is a plain error
+            requests.cancel()
+            raise await self._refusal(started.payload, prompts[started.index // body.n], param)
         if body.stream:
             return EngineStream(self._stream(requests, reply), requests)
         return await self._collect(requests, reply, request)
@@ -308,16 +320,11 @@ class OpenAIServer:
                 elif event.kind == "error":
                     raise _engine_error(event.payload)
 
-        answer = asyncio.ensure_future(gather())
-        gone = asyncio.ensure_future(_disconnected(request))
         try:
-            await asyncio.wait({answer, gone}, return_when=asyncio.FIRST_COMPLETED)
-            if not answer.done():  # nobody is left to read the answer
-                return Response(status_code=499)
-            answer.result()
+            await _unless_disconnected(gather(), request)
+        except ClientGone:  # nobody is left to read the answer
+            return Response(status_code=499)
         finally:
-            gone.cancel()
-            answer.cancel()
             requests.cancel()
         return JSONResponse(reply.full(outputs))
 
@@ -404,6 +411,24 @@ def _host_name(scope) -> str | None:
         return None
 
 
+class ClientGone(Exception):
+    """The client hung up before its answer was ready."""
+
+
+async def _unless_disconnected(work, request: Request):
+    """`await work`, unless the client hangs up first (ClientGone; the work is cancelled)."""
+    answer = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({answer, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if not answer.done():
+            raise ClientGone
+        return answer.result()
+    finally:
+        gone.cancel()
+        answer.cancel()
+
+
 async def _disconnected(request: Request) -> None:
     """Returns when the client hangs up (the body has been read: the next message is that)."""
     while (await request.receive())["type"] != "http.disconnect":
@@ -411,9 +436,9 @@ async def _disconnected(request: Request) -> None:
 
 
 def _engine_error(error: BaseException) -> APIError:
-    if isinstance(error, ValueError):  # the engine's word for a request that cannot run
-        return APIError(400, str(error))
-    return APIError(500, f"the engine failed: {error}", type="server_error")
+    if is_user_error(error):  # a request the engine will not run (too long, a bad sampling value)
+        return APIError(400, user_message(error), param=getattr(error, "param", None))
+    return APIError(500, f"the engine failed: {user_message(error)}", type="server_error")
 
 
 def _sse(payload: dict) -> str:

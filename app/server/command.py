@@ -14,7 +14,8 @@ import socket
 import sys
 from pathlib import Path
 
-from app.backends.choice import BackendError, add_local_model_arguments, check_device, start_local
+from app.backends import BackendError, LocalSpec, open_backend, user_message
+from app.backends.choice import add_local_model_arguments, check_device
 
 EXIT_OK = 0
 EXIT_USAGE = 2  # bad arguments, an address that cannot be bound, a model that cannot be loaded
@@ -59,27 +60,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print("Loading model…", file=sys.stderr, flush=True)
     config = {} if args.max_model_len is None else {"max_model_len": args.max_model_len}
     try:
-        engine_thread, engine = start_local(args.model, args.device, **config)
-    except BackendError as e:
-        sock.close()
-        return _error(f"folio serve: {e}")
+        backend = open_backend(LocalSpec.of(args.model, args.device, **config))
     except KeyboardInterrupt:
         sock.close()
         print(file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as e:  # BackendError, or e.g. out of memory while loading
+        sock.close()
+        return _error(f"folio serve: {user_message(e)}")
     try:
-        return _serve(sock, engine_thread, model_id(args.model, engine.model_path), args)
+        return _serve(sock, backend, model_id(args.model, backend.model_path), args)
     finally:
-        engine_thread.shutdown()
+        backend.shutdown()
 
 
-def _serve(sock: socket.socket, engine_thread, name: str, args: argparse.Namespace) -> int:
+def _serve(sock: socket.socket, backend, name: str, args: argparse.Namespace) -> int:
     import uvicorn
 
     from app.server.api import create_app
 
     aliases = [args.served_model_name] if args.served_model_name else []
-    app = create_app(engine_thread, api_key=args.api_key, model_name=name, aliases=aliases,
+    app = create_app(backend, api_key=args.api_key, model_name=name, aliases=aliases,
                      loopback_only=is_loopback(args.host))
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host

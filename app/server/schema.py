@@ -64,7 +64,7 @@ class ContentPart(BaseModel):
     text: str | None = None
 
 
-class ChatMessage(BaseModel):
+class RequestMessage(BaseModel):
     role: str
     content: str | list[ContentPart] | None = None
 
@@ -83,7 +83,7 @@ class ChatMessage(BaseModel):
 
 
 class ChatCompletionRequest(SamplingFields):
-    messages: list[ChatMessage]
+    messages: list[RequestMessage]
     max_completion_tokens: int | None = None
     logprobs: bool | None = None
 
