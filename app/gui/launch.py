@@ -15,6 +15,7 @@ import sys
 import traceback
 from pathlib import Path
 
+from app.gui.system_libraries import install_advice, missing_libraries, show_dialog, uses_xcb
 from app.paths import data_dir, log_path
 
 log = logging.getLogger("folio")
@@ -84,6 +85,12 @@ def run_gui(argv: list[str] | None = None) -> int:
         return 2
     setup_logging(folder)
     log.info("starting; data dir %s", folder)
+    if uses_xcb() and (missing := missing_libraries()):  # Qt would abort with a misleading message
+        advice = install_advice(missing)
+        log.error("missing system libraries: %s", ", ".join(lib.soname for lib in missing))
+        print(advice, file=sys.stderr, flush=True)
+        show_dialog(advice)
+        return 2
 
     from PySide6.QtWidgets import QApplication
 
