@@ -1,18 +1,26 @@
 """The document library side panel: the documents, each file being indexed with its own progress
-bar, cancel button and error, and a drop target for files and folders."""
+bar, cancel button and error, and a drop target for files and folders.
+
+The jobs sit in a scroll area under a header that counts them, folds them away and clears the
+finished ones: a folder of a hundred files never makes the panel (or the window) taller.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtCore import Qt, QUrl, Signal
-from PySide6.QtGui import QDesktopServices
-from PySide6.QtWidgets import (QFileDialog, QFrame, QHBoxLayout, QLabel, QListWidget, QListWidgetItem, QProgressBar,
-                               QPushButton, QSizePolicy, QToolButton, QVBoxLayout, QWidget)
+from PySide6.QtCore import QStandardPaths, Qt, Signal
+from PySide6.QtWidgets import (QFileDialog, QFrame, QHBoxLayout, QLabel, QListWidget, QListWidgetItem,
+                               QProgressBar, QPushButton, QScrollArea, QSizePolicy, QToolButton, QVBoxLayout, QWidget)
 
 from app.gui.file_drops import FileDropTarget
-from app.gui.library_service import CANCELLED, FAILED, FileJob, LibraryService
+from app.gui.file_launch import open_file, tell_cannot_open
+from app.gui.library_service import CANCELLED, FAILED, READING, FileJob, LibraryService
 from app.gui.theme import icon
+from app.wording import plural
+from rag.loaders import SUPPORTED_SUFFIXES  # the formats rag reads (stdlib only; rag itself loads numpy)
 
+JOB_LIST_MAX_ROWS = 4  # rows the job list shows before it scrolls
+DOCUMENT_TYPES = (f"Documents ({' '.join(f'*{s}' for s in sorted(SUPPORTED_SUFFIXES))})", "All files (*)")
 _STATE_TEXT = {"queued": "Waiting", "reading": "Reading", "embedding": "Indexing", "added": "Added",
                "updated": "Updated", "unchanged": "Already in the library", "duplicate": "Duplicate",
                FAILED: "Failed", CANCELLED: "Cancelled"}
@@ -57,10 +65,14 @@ class JobRow(QFrame):
 
     def update_job(self, job: FileJob) -> None:
         self.job = job
+        reading = job.state == READING  # no fraction to show until the text is read: a moving bar
+        self.bar.setRange(0, 0 if reading else 1000)
         self.bar.setValue(int(job.fraction * 1000))
         self.bar.setVisible(not job.finished)
         text = _STATE_TEXT.get(job.state, job.state)
-        if not job.finished and job.state != "queued":
+        if reading:
+            text += "…"
+        elif not job.finished and job.state != "queued":
             text += f" {job.fraction:.0%}"
         if job.error:
             text = f"{text}: {job.error}"
@@ -122,12 +134,34 @@ class LibraryPanel(FileDropTarget, QWidget):
             doc_buttons.addWidget(b)
 
         self.jobs = QWidget()
+        self.jobs.setObjectName("jobList")
         self.jobs_layout = QVBoxLayout(self.jobs)
         self.jobs_layout.setContentsMargins(0, 0, 0, 0)
         self.jobs_layout.setSpacing(4)
+        self.jobs_layout.addStretch(1)
+        self.job_scroll = QScrollArea()
+        self.job_scroll.setObjectName("jobScroll")
+        self.job_scroll.setWidgetResizable(True)
+        self.job_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.job_scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self.job_scroll.setWidget(self.jobs)
+        self.jobs_toggle = QToolButton()
+        self.jobs_toggle.setObjectName("jobsToggle")
+        self.jobs_toggle.setCheckable(True)
+        self.jobs_toggle.setChecked(True)
+        self.jobs_toggle.setAutoRaise(True)
+        self.jobs_toggle.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.jobs_toggle.toggled.connect(self._fold_jobs)
         self.clear_button = QPushButton("Clear finished")
+        self.clear_button.setToolTip("Remove the files that are done from this list")
         self.clear_button.clicked.connect(self.clear_finished)
-        self.clear_button.hide()
+        self.jobs_header = QWidget()
+        header = QHBoxLayout(self.jobs_header)
+        header.setContentsMargins(0, 0, 0, 0)
+        header.addWidget(self.jobs_toggle, 1)
+        header.addWidget(self.clear_button)
+        self.jobs_header.hide()
+        self.job_scroll.hide()
 
         hint = QLabel("Drop files or folders here, or on a chat to pin them there.")
         hint.setObjectName("dropHint")
@@ -139,8 +173,8 @@ class LibraryPanel(FileDropTarget, QWidget):
         layout.addWidget(self.status)
         layout.addWidget(self.documents, 1)
         layout.addLayout(doc_buttons)
-        layout.addWidget(self.jobs)
-        layout.addWidget(self.clear_button, 0, Qt.AlignmentFlag.AlignRight)
+        layout.addWidget(self.jobs_header)
+        layout.addWidget(self.job_scroll)
 
         library.documentsChanged.connect(self.show_documents)
         library.jobChanged.connect(self.show_job)
@@ -155,8 +189,8 @@ class LibraryPanel(FileDropTarget, QWidget):
         for doc in documents:
             details = [doc.source.name] if doc.title and doc.title != doc.source.name else []
             if doc.num_pages:
-                details.append(_count(doc.num_pages, "page"))
-            details.append(_count(doc.num_chunks, "passage"))
+                details.append(plural(doc.num_pages, "page"))
+            details.append(plural(doc.num_chunks, "passage"))
             item = QListWidgetItem(icon("document"), f"{doc.title or doc.source.name}\n" + " · ".join(details))
             item.setData(Qt.ItemDataRole.UserRole, doc.doc_id)
             item.setData(Qt.ItemDataRole.UserRole + 1, str(doc.source))
@@ -174,9 +208,14 @@ class LibraryPanel(FileDropTarget, QWidget):
         if self.selected_ids():
             self.pinRequested.emit(self.selected_ids())
 
-    def open_selected(self) -> None:
-        for item in self.documents.selectedItems():
-            QDesktopServices.openUrl(QUrl.fromLocalFile(item.data(Qt.ItemDataRole.UserRole + 1)))
+    def open_selected(self) -> list[str]:
+        """Open each selected document in its application; says so for those nothing can open.
+        Returns the paths that could not be opened."""
+        failed = [path for path in (item.data(Qt.ItemDataRole.UserRole + 1) for item in self.documents.selectedItems())
+                  if not open_file(path)]
+        if failed:
+            tell_cannot_open(self, failed)
+        return failed
 
     def remove_selected(self) -> None:
         for doc_id in self.selected_ids():
@@ -197,8 +236,8 @@ class LibraryPanel(FileDropTarget, QWidget):
             row = JobRow(job, self.library)
             row.dismissed.connect(self._drop_row)
             self.rows[job.id] = row
-            self.jobs_layout.addWidget(row)
-        self.clear_button.setVisible(any(r.job.finished for r in self.rows.values()))
+            self.jobs_layout.insertWidget(self.jobs_layout.count() - 1, row)  # before the stretch
+        self._update_jobs()
 
     def clear_finished(self) -> None:
         for row in [r for r in self.rows.values() if r.job.finished]:
@@ -206,23 +245,49 @@ class LibraryPanel(FileDropTarget, QWidget):
 
     def _drop_row(self, row: JobRow) -> None:
         self.rows.pop(row.job.id, None)
+        self.jobs_layout.removeWidget(row)
         row.deleteLater()
-        self.clear_button.setVisible(any(r.job.finished for r in self.rows.values()))
+        self._update_jobs()
 
-    def choose_files(self) -> None:
-        dialog = QFileDialog(self, "Add documents to the library")
+    def _fold_jobs(self, shown: bool) -> None:
+        self.job_scroll.setVisible(shown and bool(self.rows))
+        self._update_jobs()
+
+    def _update_jobs(self) -> None:
+        """The header's count and the list's height: as tall as its rows, up to JOB_LIST_MAX_ROWS."""
+        rows = list(self.rows.values())
+        self.jobs_header.setVisible(bool(rows))
+        self.job_scroll.setVisible(bool(rows) and self.jobs_toggle.isChecked())
+        done = sum(r.job.finished for r in rows)
+        self.clear_button.setEnabled(done > 0)
+        running = len(rows) - done
+        count = f"Indexing {running} of {plural(len(rows), 'file')}" if running else f"{plural(len(rows), 'file')} done"
+        self.jobs_toggle.setText(count)
+        self.jobs_toggle.setArrowType(Qt.ArrowType.DownArrow if self.jobs_toggle.isChecked() else Qt.ArrowType.RightArrow)
+        shown = rows[:JOB_LIST_MAX_ROWS]
+        spacing = self.jobs_layout.spacing()
+        self.job_scroll.setFixedHeight(sum(r.sizeHint().height() + spacing for r in shown) if shown else 0)
+
+    def choose_files(self) -> QFileDialog:
+        dialog = QFileDialog(self, "Add documents to the library", start_folder())
         dialog.setFileMode(QFileDialog.FileMode.ExistingFiles)
+        dialog.setNameFilters(list(DOCUMENT_TYPES))
         dialog.filesSelected.connect(lambda files: self.filesDropped.emit([Path(f) for f in files]))
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         dialog.open()
+        return dialog
 
-    def choose_folder(self) -> None:
-        dialog = QFileDialog(self, "Add a folder to the library")
+    def choose_folder(self) -> QFileDialog:
+        dialog = QFileDialog(self, "Add a folder to the library", start_folder())
         dialog.setFileMode(QFileDialog.FileMode.Directory)
         dialog.fileSelected.connect(lambda folder: self.filesDropped.emit([Path(folder)]))
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         dialog.open()
+        return dialog
 
 
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" + ("" if n == 1 else "s")
+def start_folder() -> str:
+    """Where file dialogs open: the Documents folder if there is one, else the home folder
+    (never the working directory, which for a desktop launch is anywhere)."""
+    documents = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.DocumentsLocation)
+    return documents if documents and Path(documents).is_dir() else str(Path.home())

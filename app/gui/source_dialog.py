@@ -4,10 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import shiboken6
-from PySide6.QtCore import Qt, QUrl
-from PySide6.QtGui import QDesktopServices
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QDialog, QDialogButtonBox, QLabel, QPlainTextEdit, QVBoxLayout, QWidget
 
+from app.gui.file_launch import open_file, tell_cannot_open
 from app.gui.library_service import LibraryService
 from app.gui.messages import SourceRef
 from app.gui.theme import icon
@@ -50,4 +50,8 @@ class SourceDialog(QDialog):
             self.text.setPlainText(self.source.snippet + "\n\n(This document is no longer in the library.)")
 
     def open_file(self) -> bool:
-        return QDesktopServices.openUrl(QUrl.fromLocalFile(self.source.path))
+        """Open the file itself; says so when nothing can."""
+        if open_file(self.source.path):
+            return True
+        tell_cannot_open(self, [self.source.path])
+        return False
