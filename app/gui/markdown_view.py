@@ -3,8 +3,14 @@
 Qt's own Markdown importer (md4c, GitHub dialect) does the parsing; code blocks and inline code
 then get a monospace font and a tinted background. Streaming calls `set_markdown` again for this
 one message only (coalesced by the caller), never for the rest of the chat.
+
+Two departures from Markdown, for chat: a single line break stays a line break (poems,
+addresses, steps written one a line), and a line starting with "#" stays a line of text, because
+in answers it is mostly a document's own heading quoted back, not a heading of the answer.
 """
 from __future__ import annotations
+
+import re
 
 from PySide6.QtCore import QSize, Qt
 from PySide6.QtGui import (QColor, QFontDatabase, QTextBlockFormat, QTextCharFormat, QTextCursor, QTextDocument,
@@ -31,7 +37,7 @@ class MarkdownView(QTextBrowser):
 
     def set_markdown(self, text: str) -> None:
         doc = self.document()
-        doc.setMarkdown(text, QTextDocument.MarkdownFeature.MarkdownDialectGitHub)
+        doc.setMarkdown(chat_markdown(text), QTextDocument.MarkdownFeature.MarkdownDialectGitHub)
         _style_code(doc)
         self._fit_height()
 
@@ -52,6 +58,33 @@ class MarkdownView(QTextBrowser):
 
     def sizeHint(self) -> QSize:
         return QSize(super().sizeHint().width(), self.height())
+
+
+_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
+_HEADING = re.compile(r"^( {0,3})(#{1,6})(?=\s|$)")
+
+
+def chat_markdown(text: str) -> str:
+    """Markdown as a chat means it: outside code fences, every line that a non-blank line follows
+    ends in a hard break (two spaces, which Markdown drops at a block's end), and "#" at the start
+    of a line is escaped."""
+    lines = text.split("\n")
+    out, fence = [], None
+    for i, line in enumerate(lines):
+        opener = _FENCE.match(line)
+        if fence is not None:
+            if opener and opener.group(1)[0] == fence[0] and len(opener.group(1)) >= len(fence):
+                fence = None
+            out.append(line)
+            continue
+        if opener:
+            fence = opener.group(1)
+            out.append(line)
+            continue
+        line = _HEADING.sub(lambda m: m.group(1) + "\\" + m.group(2), line)
+        following = lines[i + 1] if i + 1 < len(lines) else ""
+        out.append(line + "  " if line.strip() and following.strip() else line)
+    return "\n".join(out)
 
 
 def _style_code(doc: QTextDocument) -> None:
