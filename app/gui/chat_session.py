@@ -12,8 +12,8 @@ from collections.abc import Callable
 from PySide6.QtCore import QObject, QTimer, Signal
 
 from app.gui.chat_model import ChatModel
-from app.gui.engine_bridge import EngineBridge, Generation, GenerationResult
-from app.gui.history import DEFAULT_TITLE, PINNED, SEARCH, ChatRecord, History
+from app.gui.engine_bridge import LOADING, EngineBridge, Generation, GenerationResult
+from app.gui.history import DEFAULT_TITLE, DOC_MODES, NO_DOCUMENTS, SEARCH, ChatRecord, History
 from app.gui.library_service import LibraryService, PromptRequest
 from app.gui.messages import DONE, ERROR, PENDING, STOPPED, STREAMING, AnswerStats, ChatMessage, SourceRef
 from app.gui.settings import Settings
@@ -44,6 +44,7 @@ class ChatSession(QObject):
         self._answer: ChatMessage | None = None
         self._sources: list = []           # rag Sources of the answer in progress
         self._prompt_key: int | None = None
+        self.searched_pins: tuple = ()     # rag PinnedSearched of the last prompt: too long to read whole
         self._dirty = False
         self._save_timer = QTimer(self)
         self._save_timer.setInterval(SAVE_INTERVAL_MS)
@@ -108,7 +109,7 @@ class ChatSession(QObject):
             self.titleChanged.emit(title)
 
     def set_doc_mode(self, mode: str) -> None:
-        if mode not in (SEARCH, PINNED):
+        if mode not in DOC_MODES:
             raise ValueError(f"unknown document mode {mode!r}")
         if mode != self.doc_mode:
             self.doc_mode = mode
@@ -130,13 +131,19 @@ class ChatSession(QObject):
     def _start_answer(self) -> None:
         question = self.model[-1].content
         settings = self.settings()
-        request = PromptRequest(question, _paired_history(self.model.messages[:-1]), list(self.pinned_doc_ids),
-                                search=self.doc_mode == SEARCH, system=settings.system_prompt,
-                                max_context_tokens=self._context_budget(settings))
+        pins = [] if self.doc_mode == NO_DOCUMENTS else list(self.pinned_doc_ids)
+        search = self.doc_mode == SEARCH
+        request = PromptRequest(question, _paired_history(self.model.messages[:-1]), pins, search=search,
+                                system=settings.system_prompt, max_context_tokens=self._context_budget(settings))
         self._answer = self._add(ChatMessage("assistant", "", PENDING))
+        self._answer.waiting_for = ("Searching your documents…" if pins or (search and self.library.documents)
+                                    else self._waiting_for_model())
         self._sources = []
         self.busyChanged.emit(True)
         self._prompt_key = self.library.build_prompt(request, self._on_prompt)
+
+    def _waiting_for_model(self) -> str:
+        return "Waiting for the model to load…" if self.bridge.state == LOADING else "Reading the question…"
 
     def _context_budget(self, settings: Settings) -> int:
         limit = self.bridge.last_stats.get("max_model_len")
@@ -152,6 +159,11 @@ class ChatSession(QObject):
             self._end(ERROR, error)
             return
         self._sources = prompt.sources
+        if prompt.searched_pins != self.searched_pins:
+            self.searched_pins = prompt.searched_pins
+            self.documentsChanged.emit()
+        self._answer.waiting_for = self._waiting_for_model()
+        self.model.touch(len(self.model) - 1)
         self.generation = self.bridge.submit(prompt.messages, self.settings().sampling_params())
         self.generation.delta.connect(self._on_delta)
         self.generation.finished.connect(self._on_finished)

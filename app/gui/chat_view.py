@@ -13,7 +13,7 @@ from PySide6.QtWidgets import (QComboBox, QHBoxLayout, QLabel, QMenu, QPlainText
 
 from app.gui.chat_session import ChatSession
 from app.gui.file_drops import FileDropTarget, local_files
-from app.gui.history import PINNED, SEARCH
+from app.gui.history import NO_DOCUMENTS, PINNED, SEARCH
 from app.gui.library_service import LibraryService
 from app.gui.message_widget import MessageWidget
 from app.gui.messages import ChatMessage, SourceRef
@@ -60,7 +60,8 @@ class Composer(FileDropTarget, QPlainTextEdit):
 
 
 class DocumentBar(QWidget):
-    """Per chat: search the whole library (plus pins) or use the pinned documents only."""
+    """Per chat: search the whole library (plus pins), use the pinned documents only, or no
+    documents; and a notice when a pinned document was too long to read whole."""
 
     def __init__(self, session: ChatSession, library: LibraryService, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -69,6 +70,7 @@ class DocumentBar(QWidget):
         self.mode = QComboBox()
         self.mode.addItem("Search my library", SEARCH)
         self.mode.addItem("Pinned documents only", PINNED)
+        self.mode.addItem("No documents", NO_DOCUMENTS)
         self.mode.setToolTip("Where answers look for facts in this chat")
         self.mode.setAccessibleName("Documents for this chat")
         self.mode.currentIndexChanged.connect(lambda: self.session.set_doc_mode(self.mode.currentData()))
@@ -85,14 +87,23 @@ class DocumentBar(QWidget):
         self.pin_menu = QMenu(self.pin_button)
         self.pin_menu.aboutToShow.connect(self._fill_menu)
         self.pin_button.setMenu(self.pin_menu)
+        self.notice = QLabel()
+        self.notice.setObjectName("pinNotice")
+        self.notice.setWordWrap(True)
+        self.notice.hide()
         label = QLabel("&Documents:")
         label.setBuddy(self.mode)
-        layout = QHBoxLayout(self)
+        row = QHBoxLayout()
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(label)
+        row.addWidget(self.mode)
+        row.addWidget(self.pin_button)
+        row.addWidget(self.pins, 1)
+        layout = QVBoxLayout(self)
         layout.setContentsMargins(8, 4, 8, 4)
-        layout.addWidget(label)
-        layout.addWidget(self.mode)
-        layout.addWidget(self.pin_button)
-        layout.addWidget(self.pins, 1)
+        layout.setSpacing(2)
+        layout.addLayout(row)
+        layout.addWidget(self.notice)
         session.documentsChanged.connect(self.refresh)
         library.documentsChanged.connect(self.refresh)
         library.openFailed.connect(self.refresh)
@@ -110,14 +121,23 @@ class DocumentBar(QWidget):
         else:
             missing = "(loading)"
         pinned = [names.get(d, missing) for d in self.session.pinned_doc_ids]
-        if pinned:
+        mode = self.session.doc_mode
+        if mode == NO_DOCUMENTS:
+            text = "A plain chat" + (f" (pins kept for later: {', '.join(pinned)})" if pinned else "")
+        elif pinned:
             text = "Pinned: " + ", ".join(pinned)
-        elif self.session.doc_mode == PINNED:
+        elif mode == PINNED:
             text = "No documents pinned: a plain chat"
         else:
             text = ""
         self.pins.setText(text)
         self.pins.setToolTip("\n".join(pinned))
+        searched = [p for p in self.session.searched_pins if p.doc_id in self.session.pinned_doc_ids]
+        self.notice.setText(" ".join(
+            f"{p.source.name} is too long to read whole (about {p.num_tokens:,} tokens; the model's context leaves "
+            f"room for about {p.room_tokens:,} for pinned documents), so each question searches it instead."
+            for p in searched))
+        self.notice.setVisible(bool(searched) and mode != NO_DOCUMENTS)
 
     def _fill_menu(self) -> None:
         self.pin_menu.clear()

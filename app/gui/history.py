@@ -17,7 +17,9 @@ from pathlib import Path
 from app.gui.messages import IN_PROGRESS, INTERRUPTED, AnswerStats, ChatMessage, SourceRef
 
 DEFAULT_TITLE = "New chat"
-SEARCH, PINNED = "search", "pinned"  # per-chat document modes: search the library (plus pins), or pins only
+# Per-chat document modes: search the library (plus pins), the pins only, or no documents at all.
+SEARCH, PINNED, NO_DOCUMENTS = "search", "pinned", "none"
+DOC_MODES = (SEARCH, PINNED, NO_DOCUMENTS)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS chats (

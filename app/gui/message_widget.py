@@ -163,7 +163,7 @@ def _status_text(m: ChatMessage) -> str:
         return ""
     stats = m.stats.summary() if m.stats else ""
     if m.status == PENDING:
-        return "Reading your documents…"
+        return m.waiting_for or "Waiting…"
     if m.status == STREAMING:
         return "Writing…"
     if m.status == STOPPED:

@@ -78,6 +78,7 @@ class ChatMessage:
     sources: list[SourceRef] = field(default_factory=list)
     stats: AnswerStats | None = None
     error: str | None = None
+    waiting_for: str = ""          # while pending: what the answer waits for (not saved)
 
     @property
     def in_progress(self) -> bool:
