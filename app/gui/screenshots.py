@@ -1,9 +1,10 @@
-"""Screenshots for the README: `python -m app.gui.screenshots docs/screenshots`.
+"""Screenshots for the README: `python -m app.gui.screenshots docs/screenshots` (a developer tool).
 
 Runs the real window (offscreen: QT_QPA_PLATFORM=offscreen works without a display) on the
 bundled model with a small KV pool, so the memory picture is readable, and saves, for the light
 and the dark theme: a chat with sources under its answer, the library panel while a file is being
-indexed, and the KV picture while two chats share a pinned document's blocks.
+indexed and while a folder of 120 files is, and the KV picture while two chats share a pinned
+document's blocks.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ MANUAL = [
     "must be replaced. If the flow drops, clean the inlet strainer. If the pump cycles on and off, check "
     "the pressure tank's air charge (1.5 bar).</p>",
 ]
+FOLDER_FILES = 120
 NOTES = ("# Lighthouse notes\n\nThe keeper climbed the spiral stairs every evening at dusk with a tin of oil. "
          "During the storm of 1887 the keeper's daughter rowed across the bay to fetch a spare wick.\n")
 
@@ -89,6 +91,14 @@ def shoot(app, out: Path, theme: str, backend, embedder, docs: dict[str, Path]) 
     wait(app, lambda: all(r.job.finished for r in panel.rows.values()))
     panel.clear_finished()
 
+    # a folder of 120 files: the job list scrolls under its header, the window keeps its size
+    window.index([docs["folder"]])
+    wait(app, lambda: len(panel.rows) == FOLDER_FILES and any(r.job.finished for r in panel.rows.values()))
+    save(window, "library-folder")
+    window.library.cancel_all()
+    wait(app, lambda: all(r.job.finished for r in panel.rows.values()))
+    panel.clear_finished()
+
     # a chat over the pinned manual, with its sources under the answer
     manual_id = next(d.doc_id for d in window.library.documents if d.source == docs["manual"])
     chat = window.current_session()
@@ -141,6 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     write_pdf(docs["manual"], MANUAL)
     docs["notes"].write_text(NOTES, encoding="utf-8")
     docs["handbook"].write_text("\n\n".join(f"Chapter {i}. " + NOTES * 6 for i in range(300)), encoding="utf-8")
+    docs["folder"] = docs_dir / "keepers-letters"
+    docs["folder"].mkdir()
+    for i in range(FOLDER_FILES):
+        (docs["folder"] / f"letter-{i + 1:03}.md").write_text(f"# Letter {i + 1}\n\n{NOTES}", encoding="utf-8")
     backend = LocalBackend(EngineThread(None, num_kv_blocks=256))  # a small pool: its picture is readable
     embedder = Embedder()
     for theme in ("light", "dark"):
