@@ -21,10 +21,13 @@ DEFAULT_SYSTEM_PROMPT = "You are Folio, a helpful assistant that runs entirely o
 SOURCES_INSTRUCTION = ("Answer using the numbered sources below when they are relevant, and cite them "
                        "by number in square brackets, like [1].")
 PINNED_SHARE = 0.75   # of the context budget, at most, for whole pinned documents
-# MiniLM cosine below which a searched passage is not about the question. On the eval's quick
-# corpus every question's best relevant chunk scored 0.35 or more (median 0.64), while questions
-# about nothing in it (arithmetic, greetings, poems, capitals) reached at most 0.17.
+# MiniLM cosines for searched passages. A question is about the documents when its best passage
+# reaches MIN_SIMILARITY: on the eval's quick corpus every question's best relevant chunk scored
+# 0.35 or more (median 0.64), while questions about nothing in it (arithmetic, greetings, poems,
+# capitals) reached at most 0.17. Its other passages need PASSAGE_FLOOR: the half of a two-part
+# question ("How do I prime the pump, and who rowed across the bay?") scores lower, near 0.2.
 MIN_SIMILARITY = 0.25
+PASSAGE_FLOOR = 0.15
 SNIPPET_CHARS = 240
 _CITATION = re.compile(r"\[(\d+(?:\s*[,;]\s*\d+)*)\]")
 
@@ -99,8 +102,8 @@ def build_prompt(question: str, history: Sequence[dict] = (), *, library: Librar
                 searched_pins.append(PinnedSearched(doc.doc_id, doc.source, cost, room))
         hits: list[Hit] = []
         if search:
-            found = [h for h in library.search(question, k + len(whole) * k) if h.doc_id not in whole]
-            hits = above_floor(found, min_similarity)[:k]
+            found = above_floor(library.search(question, k + len(whole) * k), min_similarity, PASSAGE_FLOOR)
+            hits = [h for h in found if h.doc_id not in whole][:k]  # a whole pin counts toward the gate
         elif too_big:
             hits = library.search(question, k, doc_ids=too_big)
         for hit in canonical_order(hits):

@@ -75,14 +75,15 @@ def search(store: Store, embed: Callable[[list[str]], np.ndarray], query: str, k
     return hits
 
 
-def above_floor(hits: list[Hit], floor: float) -> list[Hit]:
-    """The hits worth showing a model: none when no hit is as close to the query as `floor` (the
+def above_floor(hits: list[Hit], gate: float, floor: float) -> list[Hit]:
+    """The hits worth showing a model: none when no hit is as close to the query as `gate` (the
     question is not about these documents: "What is 12 times 12?"), else those not known to be
-    below it. Without dense similarities (keyword search alone) there is nothing to judge by."""
+    below `floor` (lower, for the other half of a two-part question). Without dense similarities
+    (keyword search alone) there is nothing to judge by."""
     known = [h.similarity for h in hits if h.similarity is not None]
     if not known:
         return hits
-    if max(known) < floor:
+    if max(known) < gate:
         return []
     return [h for h in hits if h.similarity is None or h.similarity >= floor]
 
