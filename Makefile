@@ -9,7 +9,7 @@ TRITON := triton==3.6.0
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: run test install bench clean package install-desktop
+.PHONY: run test install bench clean package install-desktop qt-system-libraries
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,8 +29,19 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
-run: $(STAMP)
+run: $(STAMP) qt-system-libraries
 	$(BIN)/folio
+
+# The system libraries Qt's xcb plugin loads (app/gui/system_libraries.py asks the linker which are
+# missing): installed where root and apt allow; elsewhere `folio` prints what to install.
+qt-system-libraries: $(STAMP)
+	@missing="$$($(BIN)/python -m app.gui.system_libraries --missing-debs)"; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Qt's system libraries: $$missing"; \
+		apt-get install -y -qq --no-install-recommends $$missing >/dev/null 2>&1 \
+			|| { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends $$missing >/dev/null 2>&1; } \
+			|| echo "could not install $$missing; folio will say what is missing"; \
+	fi
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

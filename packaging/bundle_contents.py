@@ -22,6 +22,10 @@ RESOURCES_PACKAGE = "resources"
 
 DataPair = tuple[str, str]
 
+# Developer tools inside Folio's own packages: left out of the bundle whole, every submodule with
+# its package (benchmarks, the retrieval eval, the screenshot maker, the tests).
+DEVELOPER_PACKAGES = ("engine.bench", "kernels.bench", "rag.eval", "app.gui.screenshots", "tests")
+
 # Files that library hooks collect but the app never loads: torch's C++ test programs (`torch/test`,
 # `torch/bin`, 130 MB) and its test and example libraries. Paths as they are inside the bundle.
 # `import torch` checks that torch_shm_manager exists, so that one program stays.
@@ -79,3 +83,8 @@ def is_needed(bundle_path: str) -> bool:
     if path in NEEDED_ANYWAY:
         return True
     return not path.startswith(UNNEEDED_FOLDERS) and path.rsplit("/", 1)[-1] not in UNNEEDED_LIBRARIES
+
+
+def is_product_module(name: str) -> bool:
+    """Whether a dotted module name of Folio's belongs in the app (not under a developer package)."""
+    return not any(name == dev or name.startswith(dev + ".") for dev in DEVELOPER_PACKAGES)

@@ -32,6 +32,7 @@ class Hit:
     section: str | None = None
     start: int = 0        # char offsets into the document text
     end: int = 0
+    similarity: float | None = None  # cosine to the query, when dense search proposed the chunk
 
 
 def fuse(rankings: list[list[int]]) -> list[tuple[int, float]]:
@@ -61,15 +62,30 @@ def search(store: Store, embed: Callable[[list[str]], np.ndarray], query: str, k
     else:
         ranked = dense or keyword
     chunks = store.chunks([i for i, _ in ranked])
+    similarity = dict(dense)
     hits = []
     for chunk_id, score in ranked:
         c = chunks.get(chunk_id)
         if c is None:  # a document still being indexed, or being removed
             continue
-        hits.append(Hit(c.source, c.page, c.text, score, c.doc_id, c.chunk_index, c.section, c.start, c.end))
+        hits.append(Hit(c.source, c.page, c.text, score, c.doc_id, c.chunk_index, c.section, c.start, c.end,
+                        similarity.get(chunk_id)))
         if len(hits) == k:
             break
     return hits
+
+
+def above_floor(hits: list[Hit], gate: float, floor: float) -> list[Hit]:
+    """The hits worth showing a model: none when no hit is as close to the query as `gate` (the
+    question is not about these documents: "What is 12 times 12?"), else those not known to be
+    below `floor` (lower, for the other half of a two-part question). Without dense similarities
+    (keyword search alone) there is nothing to judge by."""
+    known = [h.similarity for h in hits if h.similarity is not None]
+    if not known:
+        return hits
+    if max(known) < gate:
+        return []
+    return [h for h in hits if h.similarity is None or h.similarity >= floor]
 
 
 def canonical_order(hits: list[Hit]) -> list[Hit]:

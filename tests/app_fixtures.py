@@ -1,5 +1,5 @@
-"""Fixtures and helpers for the desktop-app tests: one engine for the whole run, a fresh data dir
-per window, and small synchronous helpers that drive the real widgets."""
+"""Fixtures and helpers for the desktop-app tests: one local backend for the whole run, a fresh
+data dir per window, and small synchronous helpers that drive the real widgets."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -10,37 +10,50 @@ from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt, QUrl
 from PySide6.QtGui import QDragEnterEvent, QDropEvent
 from PySide6.QtWidgets import QApplication
 
-from app.engine_bridge import READY
-from app.main_window import MainWindow
-from app.settings import Settings
+from app.gui.engine_bridge import READY
+from app.gui.main_window import MainWindow
+from app.gui.settings import Settings
 
 ANSWER_TIMEOUT_MS = 120_000
 TEST_SETTINGS = Settings(temperature=0.0, max_tokens=16)
 KV_BLOCKS = 256  # 4096 tokens: enough for every test, small enough to allocate quickly
 
-_engine = None
+_backend = None
 
 
 @pytest.fixture
-def shared_engine():
-    """One EngineThread for every app test in the run (loading the model takes seconds); each
+def shared_backend():
+    """One local backend for every app test in the run (loading the model takes seconds); each
     window adopts it and never shuts it down."""
-    global _engine
-    if _engine is None:
+    global _backend
+    if _backend is None:
+        from app.backends.local import LocalBackend
         from engine import EngineThread
-        _engine = EngineThread(None, num_kv_blocks=KV_BLOCKS)
-        _engine.wait_ready()
-    return _engine
+        _backend = LocalBackend(EngineThread(None, num_kv_blocks=KV_BLOCKS))
+    return _backend
+
+
+class Borrowed:
+    """A shared backend handed to a bridge as if it had opened it: everything but `shutdown`."""
+
+    def __init__(self, backend) -> None:
+        self._backend = backend
+
+    def __getattr__(self, name: str):
+        return getattr(self._backend, name)
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        pass
 
 
 @pytest.fixture
-def make_window(qtbot, tmp_path, shared_engine, embedder):
-    """`make_window(data_dir=None, settings=None, engine=shared)`: a shown MainWindow whose
-    engine is ready (unless `wait=False`); closed at the end of the test."""
+def make_window(qtbot, tmp_path, shared_backend, embedder):
+    """`make_window(data_dir=None, settings=None, backend=shared)`: a shown MainWindow whose
+    backend is ready (unless `wait=False`); closed at the end of the test."""
 
-    def make(data_dir: Path | None = None, settings: Settings = TEST_SETTINGS, engine=shared_engine,
+    def make(data_dir: Path | None = None, settings: Settings = TEST_SETTINGS, backend=shared_backend,
              wait: bool = True) -> MainWindow:
-        window = MainWindow(data_dir or tmp_path / "data", settings, engine=engine, embedder=embedder)
+        window = MainWindow(data_dir or tmp_path / "data", settings, backend=backend, embedder=embedder)
         qtbot.addWidget(window)
         window.show()
         if wait:
@@ -84,5 +97,5 @@ def drop_files(widget, paths: list[Path]) -> bool:
     return drop.isAccepted()
 
 
-def engine_free_blocks(engine) -> int:
-    return int(engine.stats()["blocks_free"])
+def engine_free_blocks(backend) -> int:
+    return int(backend.stats()["blocks_free"])

@@ -5,17 +5,19 @@ import time
 
 from PySide6.QtCore import Qt, QTimer
 
-from app.engine_bridge import READY, EngineBridge, Generation
-from app.messages import DONE, STOPPED, STREAMING
-from app_fixtures import make_window, shared_engine  # noqa: F401 (fixtures)
-from app_fixtures import engine_free_blocks, settings, type_and_send, wait_answer
+from app.backends import LocalSpec
+from app.gui import engine_bridge
+from app.gui.engine_bridge import READY, EngineBridge, Generation
+from app.gui.messages import DONE, STOPPED, STREAMING
+from app_fixtures import make_window, shared_backend  # noqa: F401 (fixtures)
+from app_fixtures import Borrowed, engine_free_blocks, settings, type_and_send, wait_answer
 from engine import SamplingParams
 from rag import DEFAULT_SYSTEM_PROMPT
 
 QUESTIONS = ["What is the capital of France?", "Name a primary colour.", "Write one word about the sea."]
 
 
-def test_three_tabs_stream_their_own_answers_at_once(qtbot, make_window, shared_engine):
+def test_three_tabs_stream_their_own_answers_at_once(qtbot, make_window, shared_backend):
     window = make_window()
     views = [window.current_view()]
     for _ in QUESTIONS[1:]:
@@ -33,11 +35,11 @@ def test_three_tabs_stream_their_own_answers_at_once(qtbot, make_window, shared_
     runs = [order[0]] + [b for a, b in zip(order, order[1:]) if a != b]
     assert len(runs) > 3, f"the tabs' deltas did not interleave: {runs}"  # generated at once, not in turn
 
-    params = SamplingParams(max_tokens=16, temperature=0.0)
+    params = window.settings.sampling_params()  # greedy, 16 tokens, the app's repetition penalty
     for i, (question, answer) in enumerate(zip(QUESTIONS, answers)):
         assert answer.status == DONE and answer.error is None
         assert "".join(streamed[i]) == answer.content
-        alone = shared_engine.submit([{"role": "system", "content": DEFAULT_SYSTEM_PROMPT},
+        alone = shared_backend.submit([{"role": "system", "content": DEFAULT_SYSTEM_PROMPT},
                                       {"role": "user", "content": question}], params).result(timeout=120)
         assert answer.content == alone.text, f"tab for {question!r} got another answer"
         assert answer.stats is not None and answer.stats.generated_tokens == len(alone.token_ids)
@@ -45,22 +47,22 @@ def test_three_tabs_stream_their_own_answers_at_once(qtbot, make_window, shared_
     assert [window.tabs.tabText(i) for i in range(3)] == QUESTIONS  # titled after their question
 
 
-def test_closing_a_tab_mid_answer_cancels_it_and_frees_its_blocks(qtbot, make_window, shared_engine):
+def test_closing_a_tab_mid_answer_cancels_it_and_frees_its_blocks(qtbot, make_window, shared_backend):
     window = make_window(settings=settings(max_tokens=400))
-    qtbot.waitUntil(lambda: shared_engine.stats()["num_running"] == 0, timeout=60_000)
-    free_before = engine_free_blocks(shared_engine)
+    qtbot.waitUntil(lambda: shared_backend.stats()["num_running"] == 0, timeout=60_000)
+    free_before = engine_free_blocks(shared_backend)
     view = window.current_view()
     session = view.session
     type_and_send(qtbot, view, "Tell me a long story about a dragon and a lighthouse.")
     qtbot.waitUntil(lambda: session.model[-1].status == STREAMING and len(session.model[-1].content) > 20,
                     timeout=60_000)
-    assert engine_free_blocks(shared_engine) < free_before or shared_engine.stats()["blocks_used"] > 0
+    assert engine_free_blocks(shared_backend) < free_before or shared_backend.stats()["blocks_used"] > 0
 
     qtbot.keyClick(window, Qt.Key.Key_W, Qt.KeyboardModifier.ControlModifier)
     assert window.tabs.count() == 1 and window.current_view() is not view  # a fresh chat replaces it
     qtbot.waitUntil(lambda: session.model[-1].status == STOPPED, timeout=60_000)
-    qtbot.waitUntil(lambda: engine_free_blocks(shared_engine) == free_before, timeout=10_000)
-    assert shared_engine.stats()["num_running"] == 0
+    qtbot.waitUntil(lambda: engine_free_blocks(shared_backend) == free_before, timeout=10_000)
+    assert shared_backend.stats()["num_running"] == 0
     saved = window.history.messages(session.chat_id)[-1]
     assert saved.status == STOPPED and saved.content == session.model[-1].content != ""
 
@@ -127,7 +129,7 @@ def test_event_loop_keeps_running_while_answers_stream(qtbot, make_window, capsy
     assert all(v.session.model[-1].status == DONE for v in views)
 
 
-def test_every_generation_is_released_when_it_ends(qtbot, make_window, shared_engine):
+def test_every_generation_is_released_when_it_ends(qtbot, make_window, shared_backend, monkeypatch):
     window = make_window(settings=settings(max_tokens=300))
     view = window.current_view()
     type_and_send(qtbot, view, QUESTIONS[0])
@@ -139,10 +141,11 @@ def test_every_generation_is_released_when_it_ends(qtbot, make_window, shared_en
     qtbot.waitUntil(lambda: not window.bridge.findChildren(Generation), timeout=5_000)  # deleted, prompt and all
     assert window.bridge._active == {}
 
-    gate = threading.Event()  # an engine still loading: the answer is cancelled before it is submitted
+    gate = threading.Event()  # a backend still loading: the answer is cancelled before it is submitted
+    monkeypatch.setattr(engine_bridge, "open_backend", lambda spec: gate.wait() and Borrowed(shared_backend))
     bridge = EngineBridge()
-    bridge.start(lambda: gate.wait() and shared_engine, owned=False)
-    generation = bridge.submit([{"role": "user", "content": "Hi"}], {"max_tokens": 4, "temperature": 0.0})
+    bridge.start(LocalSpec())
+    generation = bridge.submit([{"role": "user", "content": "Hi"}], SamplingParams(max_tokens=4, temperature=0.0))
     ended, deleted = [], []
     generation.finished.connect(ended.append)
     generation.destroyed.connect(lambda *_: deleted.append(True))

@@ -2,8 +2,8 @@
 per-file progress, cited under an answer, and shown again from the citation."""
 from PySide6.QtCore import Qt
 
-from app.library_service import FAILED
-from app_fixtures import make_window, shared_engine  # noqa: F401 (fixtures)
+from app.gui.library_service import FAILED
+from app_fixtures import make_window, shared_backend  # noqa: F401 (fixtures)
 from app_fixtures import drop_files, type_and_send, wait_answer
 from conftest import PASSAGE
 from doc_fixtures import make_pdf

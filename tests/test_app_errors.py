@@ -2,19 +2,20 @@
 the chosen device, a question too long for the context."""
 from PySide6.QtCore import Qt
 
-from app import heavy_imports
-from app.engine_bridge import FAILED, READY
-from app.library_service import FAILED as JOB_FAILED
-from app.library_service import LibraryService, PromptRequest
-from app.messages import ERROR
-from app_fixtures import make_window, shared_engine  # noqa: F401 (fixtures)
+from app.backends import LocalSpec
+from app.gui import engine_bridge, heavy_imports
+from app.gui.engine_bridge import FAILED, READY
+from app.gui.library_service import FAILED as JOB_FAILED
+from app.gui.library_service import LibraryService, PromptRequest
+from app.gui.messages import ERROR
+from app_fixtures import make_window, shared_backend  # noqa: F401 (fixtures)
 from app_fixtures import drop_files, settings, type_and_send, wait_answer
 from conftest import PASSAGE
 
 
 def test_missing_model_shows_an_error_and_the_window_stays_usable(qtbot, make_window, tmp_path):
     missing = tmp_path / "no-such-model"
-    window = make_window(settings=settings(model_source="folder", model_path=str(missing)), engine=None, wait=False)
+    window = make_window(settings=settings(model_source="folder", model_path=str(missing)), backend=None, wait=False)
     qtbot.waitUntil(lambda: window.bridge.state == FAILED, timeout=120_000)
     assert window.banner.isVisible() and "does not exist" in window.banner.text.text()
     assert str(missing) in window.banner.text.text()
@@ -39,9 +40,9 @@ def test_missing_model_shows_an_error_and_the_window_stays_usable(qtbot, make_wi
     qtbot.waitUntil(lambda: [d.source for d in window.library.documents] == [notes], timeout=120_000)
 
 
-def test_choosing_a_working_model_in_settings_recovers(qtbot, make_window, tmp_path, shared_engine):
+def test_choosing_a_working_model_in_settings_recovers(qtbot, make_window, tmp_path, shared_backend):
     window = make_window(settings=settings(model_source="gguf", model_path=str(tmp_path / "gone.gguf")),
-                         engine=None, wait=False)
+                         backend=None, wait=False)
     qtbot.waitUntil(lambda: window.bridge.state == FAILED, timeout=120_000)
     dialog = window.open_settings()
     dialog.source.setCurrentIndex(dialog.source.findData("folder"))
@@ -88,15 +89,16 @@ def test_a_library_import_failure_reaches_the_chat_and_the_panel(qtbot, tmp_path
     assert indexed == [[]] and [j.state for j in jobs] == [JOB_FAILED] and "chromadb is damaged" in jobs[0].error
 
 
-def test_a_failed_reload_forgets_the_old_engines_stats(qtbot, make_window):
+def test_a_failed_reload_forgets_the_old_engines_stats(qtbot, make_window, monkeypatch):
     window = make_window()
     qtbot.waitUntil(lambda: "max_model_len" in window.bridge.last_stats, timeout=10_000)
     assert window.kv.isVisible()
 
-    def broken():
+    def broken(spec):
         raise RuntimeError("the new model is broken")
 
-    window.bridge.start(broken, "broken model")
+    monkeypatch.setattr(engine_bridge, "open_backend", broken)
+    window.bridge.start(LocalSpec(), "broken model")
     qtbot.waitUntil(lambda: window.bridge.state == FAILED, timeout=10_000)
     assert window.bridge.last_stats == {} and not window.kv.isVisible()
     assert "the new model is broken" in window.banner.text.text()

@@ -1,12 +1,14 @@
 """The app's storage without the engine: chats and messages in SQLite, settings in JSON, the
 data dir's precedence, and the KV picture's arithmetic."""
 import json
+from dataclasses import replace
 
-from app.history import PINNED, History
-from app.kv_bar import KvBlocks
-from app.messages import DONE, INTERRUPTED, STREAMING, AnswerStats, ChatMessage, SourceRef
+from app.gui.history import PINNED, History
+from app.backends import LocalSpec
+from app.backends.kv import KvBlocks
+from app.gui.messages import DONE, INTERRUPTED, STREAMING, AnswerStats, ChatMessage, SourceRef
 from app.paths import data_dir, settings_path
-from app.settings import Settings, load_presets, load_settings, save_settings
+from app.gui.settings import Settings, load_presets, load_settings, save_settings
 
 
 def test_chats_and_messages_round_trip(tmp_path):
@@ -50,8 +52,13 @@ def test_settings_persist_and_bad_values_fall_back(tmp_path):
                       temperature=0.2, theme="dark", system_preset="Concise", system_prompt="Be brief.")
     save_settings(tmp_path, chosen)
     assert load_settings(tmp_path) == chosen
-    assert chosen.engine_config() == {"device": "cpu", "kv_memory_fraction": 0.85, "max_model_len": 2048}
-    assert chosen.model_arg() == "/models/x.gguf" and Settings().model_arg() is None
+    # on the CPU the KV memory fraction means nothing: changing it is no reason to reload
+    assert chosen.backend_spec() == LocalSpec.of("/models/x.gguf", "cpu", max_model_len=2048)
+    assert replace(chosen, kv_memory_fraction=0.5).backend_spec() == chosen.backend_spec()
+    gpu = replace(chosen, device="auto")
+    assert gpu.backend_spec() == LocalSpec.of("/models/x.gguf", "auto", kv_memory_fraction=0.85, max_model_len=2048)
+    assert replace(gpu, kv_memory_fraction=0.5).backend_spec() != gpu.backend_spec()
+    assert Settings().backend_spec() == LocalSpec.of(None, "auto", kv_memory_fraction=0.85)
 
     raw = json.loads(settings_path(tmp_path).read_text())
     raw.update(temperature=-1, top_p="high", theme="neon", max_tokens=64, unknown=1)

@@ -2,12 +2,12 @@
 half-written answer; while an answer streams, what a kill would leave on disk is already there."""
 from PySide6.QtCore import Qt
 
-from app.history import History
-from app.messages import DONE, INTERRUPTED, STOPPED, STREAMING
-from app.main_window import MainWindow
+from app.gui.history import History
+from app.gui.messages import DONE, INTERRUPTED, STOPPED, STREAMING
+from app.gui.main_window import MainWindow
 from app.paths import history_path
-from app.settings import load_settings
-from app_fixtures import make_window, shared_engine  # noqa: F401 (fixtures)
+from app.gui.settings import load_settings
+from app_fixtures import make_window, shared_backend  # noqa: F401 (fixtures)
 from app_fixtures import TEST_SETTINGS, settings, type_and_send, wait_answer
 
 
@@ -66,9 +66,9 @@ def test_restart_restores_the_current_tab(qtbot, make_window, tmp_path):
     assert again.tabs.count() == 3 and again.current_session().chat_id == current
 
 
-def test_command_line_overrides_hold_for_this_run_only(qtbot, tmp_path, shared_engine, embedder):
+def test_command_line_overrides_hold_for_this_run_only(qtbot, tmp_path, shared_backend, embedder):
     data_dir = tmp_path / "profile"
-    window = MainWindow(data_dir, TEST_SETTINGS, engine=shared_engine, embedder=embedder,
+    window = MainWindow(data_dir, TEST_SETTINGS, backend=shared_backend, embedder=embedder,
                         run_overrides=[{"theme": "dark"}, {"device": "cpu"}])
     qtbot.addWidget(window)
     assert (window.settings.theme, window.settings.device) == ("dark", "cpu")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 from dataclasses import replace
 
 import pytest
@@ -12,14 +13,14 @@ import shiboken6
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import QLineEdit
 
-from app import settings_dialog
-from app.engine_bridge import FAILED, READY
-from app.main_window import MainWindow
-from app.messages import DONE, STOPPED, STREAMING
+from app.gui import settings_dialog
+from app.gui.engine_bridge import FAILED, READY
+from app.gui.main_window import MainWindow
+from app.gui.messages import DONE, STOPPED, STREAMING
 from app.paths import settings_path
-from app.remote import RemoteEngine
-from app.settings import Settings, load_settings, save_settings
-from app.settings_dialog import SettingsDialog
+from app.backends.remote import RemoteBackend
+from app.gui.settings import Settings, load_settings, save_settings
+from app.gui.settings_dialog import SettingsDialog
 from app_fixtures import type_and_send, wait_answer
 from engine import SamplingParams
 from serve_process import KEY, LONG_ANSWER, MODEL, ServerProcess, stats, wait_until_idle
@@ -89,12 +90,12 @@ def test_remote_settings_round_trip_and_restart_only_when_the_server_changes(tmp
     assert REMOTE.model_label() == "some-model@127.0.0.1:8000"
     assert replace(REMOTE, remote_model="", remote_url="myhost:9000").model_label() == "default model@myhost:9000"
     assert replace(REMOTE, remote_url="https://me:pw@myhost/v1").model_label() == "some-model@myhost"
-    key = REMOTE.engine_key()
+    key = REMOTE.backend_spec()
     for change in ({"remote_url": "http://other:8000/v1"}, {"remote_key": "sk-other"}, {"remote_model": "m2"},
                    {"model_source": "bundled"}):
-        assert replace(REMOTE, **change).engine_key() != key, change
+        assert replace(REMOTE, **change).backend_spec() != key, change
     for change in ({"device": "cpu"}, {"max_model_len": 512}, {"kv_memory_fraction": 0.5}, {"temperature": 1.0}):
-        assert replace(REMOTE, **change).engine_key() == key, change  # the local engine's settings
+        assert replace(REMOTE, **change).backend_spec() == key, change  # the local engine's settings
 
     no_url = replace(REMOTE, remote_url=" ")
     assert no_url.problems() == ["enter the remote server's URL"]
@@ -105,7 +106,7 @@ def test_remote_settings_round_trip_and_restart_only_when_the_server_changes(tmp
 def test_the_dialog_shows_the_remote_fields_only_for_a_remote_and_round_trips_them(qtbot):
     dialog = open_dialog(qtbot, REMOTE)
     remote_fields = [dialog.remote_url, dialog.remote_key, dialog.remote_model, dialog.test_button]
-    local_fields = [dialog.path, dialog.device, dialog.context, dialog.kv_fraction]
+    local_fields = [dialog.path, dialog.device, dialog.context]
     assert dialog.source.currentData() == "remote"
     assert all(w.isVisible() for w in remote_fields) and not any(w.isVisible() for w in local_fields)
     assert dialog.remote_key.echoMode() == QLineEdit.EchoMode.Password
@@ -150,8 +151,7 @@ def test_a_slow_server_never_blocks_the_gui_and_the_dialog_may_close_meanwhile(q
     ticks_while_asking = []  # while the worker waits on the server
     timer = QTimer()
     timer.setInterval(5)
-    timer.timeout.connect(lambda: dialog.test_thread is not None and dialog.test_thread.is_alive()
-                          and ticks_while_asking.append(1))
+    timer.timeout.connect(lambda: dialog.testing and ticks_while_asking.append(1))
     timer.start()
     qtbot.mouseClick(dialog.test_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: dialog.test_button.isEnabled(), timeout=TIMEOUT_MS)
@@ -163,12 +163,12 @@ def test_a_slow_server_never_blocks_the_gui_and_the_dialog_may_close_meanwhile(q
     unowned = SettingsDialog(replace(REMOTE, remote_url=f"127.0.0.1:{silent_port}"))
     unowned.show()
     qtbot.mouseClick(unowned.test_button, Qt.MouseButton.LeftButton)
-    worker = unowned.test_thread
+    worker = next(t for t in threading.enumerate() if t.name == "folio-connection-test")
     unowned.reject()
     unowned.deleteLater()
     qtbot.waitUntil(lambda: not shiboken6.isValid(unowned), timeout=10_000)
     worker.join(30)
-    qtbot.wait(200)  # the poll timer died with the dialog: nothing fires into it
+    qtbot.wait(200)  # its answer was dropped with the dialog: nothing fires into it
     assert not worker.is_alive()
 
 
@@ -187,9 +187,9 @@ def test_a_window_on_the_server_streams_the_servers_answer(qtbot, server, open_w
     answer = wait_answer(qtbot, view)
     messages, params, deltas = submitted[0]
 
-    with RemoteEngine(server.base_url, KEY, MODEL, timeout=120) as remote:
-        expected = remote.submit(messages, SamplingParams(**params)).result(timeout=120)
-    assert params["temperature"] == 0.0 and params["max_tokens"] == 16
+    with RemoteBackend(server.base_url, KEY, MODEL, timeout=120) as remote:
+        expected = remote.submit(messages, params).result(timeout=120)
+    assert isinstance(params, SamplingParams) and params.temperature == 0.0 and params.max_tokens == 16
     assert answer.status == DONE and answer.error is None
     assert answer.content == expected.text != ""
     assert "".join(deltas) == expected.text and len(deltas) > 1  # streamed

@@ -1,5 +1,5 @@
 """`folio chat` end to end: the real bundled model, in a subprocess (pipes or a pseudo-terminal)
-and in-process through `ChatSession`, plus the argument handling that needs no model."""
+and in-process through `TerminalChat`, plus the argument handling that needs no model."""
 from __future__ import annotations
 
 import io
@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from app.cli import SUBCOMMANDS, ChatSession, build_parser, format_stat_line, format_stats, main
+from app.cli.chat import TerminalChat, format_stat_line, format_stats
+from app.cli.main import SUBCOMMANDS, build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
-STAT_RE = re.compile(r"\[(cancelled · )?TTFT (?:[\d.]+ s|-) · (?:[\d.]+|-) tok/s · (\d+) tokens · "
-                     r"cached (\d+)/(\d+) prompt tokens[^\]]*\]")
+STAT_RE = re.compile(r"\[(cancelled · )?TTFT (?:[\d.]+ s|-) · (?:[\d.]+|-) tok/s · (\d+) tokens? · "
+                     r"cached (\d+)/(\d+) prompt tokens?[^\]]*\]")
 LONG_ANSWER = "Count from 1 to 1000, separated by commas."
 TIMEOUT = 300  # seconds for a load plus a short answer, on a slow shared CPU
 
@@ -325,13 +326,12 @@ def _drain(fd: int, buffer: bytearray) -> None:
 # ---------------------------------------------------------------------------------- in-process, real model
 
 @pytest.fixture(scope="module")
-def engine_thread():
-    from engine import EngineThread
+def backend():
+    from app.backends import LocalSpec, open_backend
 
-    et = EngineThread(None)
-    et.wait_ready()
-    yield et
-    et.shutdown()
+    local = open_backend(LocalSpec())
+    yield local
+    local.shutdown()
 
 
 class _Interrupting(io.StringIO):
@@ -353,12 +353,12 @@ class _Interrupting(io.StringIO):
 
 
 @pytest.mark.slow
-def test_cancelled_answer_stays_in_the_history(engine_thread):
+def test_cancelled_answer_stays_in_the_history(backend):
     from engine import SamplingParams
 
     stdout = _Interrupting(after=10)
     stdin = io.StringIO(f"{LONG_ANSWER}\n/exit\nnever read\n")
-    session = ChatSession(engine_thread, SamplingParams(max_tokens=4000, temperature=0), "Be helpful.",
+    session = TerminalChat(backend, SamplingParams(max_tokens=4000, temperature=0), "Be helpful.",
                           stdin=stdin, stdout=stdout, stderr=io.StringIO())
     previous = signal.getsignal(signal.SIGINT)
     session.run()
@@ -376,12 +376,12 @@ def test_cancelled_answer_stays_in_the_history(engine_thread):
 
 
 @pytest.mark.slow
-def test_turns_reuse_the_cache_and_commands_work(engine_thread):
+def test_turns_reuse_the_cache_and_commands_work(backend):
     from engine import SamplingParams
 
     stdin = io.StringIO("What is the capital of France?\nAnd of Germany?\n/stats\n/nope\n/reset\n")
     stdout, stderr = io.StringIO(), io.StringIO()
-    session = ChatSession(engine_thread, SamplingParams(max_tokens=8, temperature=0),
+    session = TerminalChat(backend, SamplingParams(max_tokens=8, temperature=0),
                           "You are a concise geography assistant.", stdin=stdin, stdout=stdout, stderr=stderr)
     session.run()  # ends at EOF
     out = stdout.getvalue()

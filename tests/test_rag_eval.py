@@ -7,8 +7,8 @@ from collections import Counter
 
 import pytest
 
-from rag import eval as rag_eval
-from rag.eval import QAItem, check_answers, is_relevant, load_qa, naive_chunks, score, write_corpus
+from rag.eval import retrieval as rag_eval
+from rag.eval.retrieval import QAItem, check_answers, is_relevant, load_qa, naive_chunks, score, write_corpus
 from rag.loaders import load_document
 
 

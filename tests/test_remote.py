@@ -1,4 +1,4 @@
-"""`RemoteEngine` against `folio serve` in a subprocess: streaming, cancel, usage, and the
+"""`RemoteBackend` against `folio serve` in a subprocess: streaming, cancel, usage, and the
 messages `test_connection` gives for each way a connection can fail."""
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from pathlib import Path
 import openai
 import pytest
 
-import app.remote as remote
-from app.cli import ChatSession
-from app.remote import RemoteEngine, RemoteError, normalise_base_url
+import app.backends.remote as remote
+from app.cli.chat import TerminalChat
+from app.backends import RemoteError, is_user_error, user_message
+from app.backends.remote import RemoteBackend, normalise_base_url
 from engine import RequestOutput, SamplingParams
 from engine.loader import resolve_model
 from doc_fixtures import make_pdf
@@ -38,7 +39,7 @@ def client(server):
 
 @pytest.fixture
 def engine(server):
-    with RemoteEngine(server.base_url, KEY, MODEL, timeout=120) as r:
+    with RemoteBackend(server.base_url, KEY, MODEL, timeout=120) as r:
         yield r
 
 
@@ -123,7 +124,7 @@ def test_a_late_cancel_leaves_the_next_request_on_the_same_connection_alone(engi
 
 
 def test_shutdown_cancels_what_is_running(server):
-    engine = RemoteEngine(server.base_url, KEY, MODEL)
+    engine = RemoteBackend(server.base_url, KEY, MODEL)
     first_delta = threading.Event()
     handle = engine.submit(LONG_ANSWER, SamplingParams(temperature=0, max_tokens=4000, ignore_eos=True),
                            on_delta=lambda _: first_delta.set())
@@ -143,17 +144,18 @@ def test_a_prompt_too_long_for_the_server_fails_with_both_lengths(engine, server
     assert caught.value.status == 400 and errors == [caught.value]
 
 
-def test_a_remote_error_is_a_value_error_as_the_engines_user_errors_are(engine):
+def test_a_remote_error_is_a_user_error_as_the_engines_request_errors_are(engine):
     handle = engine.submit(HI, SamplingParams(n=2))
-    with pytest.raises(ValueError, match="n=1"):
+    with pytest.raises(RemoteError, match="n=1") as caught:
         handle.result(timeout=30)
+    assert is_user_error(caught.value) and user_message(caught.value) == str(caught.value)
 
 
 def test_folio_chats_session_runs_on_a_remote_engine_unchanged(engine, client):
     expected = client.chat.completions.create(model=MODEL, messages=HI, temperature=0, max_tokens=8)
     out, err = io.StringIO(), io.StringIO()
 
-    ChatSession(engine, GREEDY, stdin=io.StringIO("Hi!\n/stats\n"), stdout=out, stderr=err).run()
+    TerminalChat(engine, GREEDY, stdin=io.StringIO("Hi!\n/stats\n"), stdout=out, stderr=err).run()
 
     assert expected.choices[0].message.content in out.getvalue()
     assert f"/{expected.usage.prompt_tokens} prompt tokens" in out.getvalue()  # the stat line
@@ -161,8 +163,8 @@ def test_folio_chats_session_runs_on_a_remote_engine_unchanged(engine, client):
 
 
 def test_without_a_model_the_servers_first_is_used(server):
-    with RemoteEngine(server.base_url, KEY) as r:
-        assert r.wait_ready() == MODEL
+    with RemoteBackend(server.base_url, KEY) as r:
+        assert r.resolve_model() == MODEL
         assert r.describe() == f"{MODEL} at {server.base_url}"
 
 

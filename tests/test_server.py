@@ -13,7 +13,7 @@ import numpy as np
 import openai
 import pytest
 
-from app.server import bind, exposure_warning, is_loopback, main as serve_main
+from app.server.command import bind, exposure_warning, is_loopback, main as serve_main
 from serve_process import HI, KEY, LONG_ANSWER, MODEL, ServerProcess, stats, wait_until, wait_until_idle
 
 ALIAS = "folio-test"

@@ -1,0 +1,31 @@
+"""The local engine's KV memory as four disjoint counts that add up to the pool.
+
+The engine's `blocks_free` counts cached blocks (kept for a prefix hit, reusable at once) as
+free, and its `blocks_used` counts shared blocks as used; a person reading the numbers wants each
+block counted once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class KvBlocks:
+    shared: int = 0    # used by several requests
+    used: int = 0      # used by exactly one request
+    cached: int = 0    # no request, but kept for a prefix hit
+    free: int = 0      # holding nothing
+    block_size: int = 16
+
+    @classmethod
+    def from_stats(cls, stats: dict) -> KvBlocks:
+        total, used = int(stats.get("blocks_total", 0)), int(stats.get("blocks_used", 0))
+        shared, cached = int(stats.get("blocks_shared", 0)), int(stats.get("blocks_cached", 0))
+        return cls(shared, used - shared, cached, max(total - used - cached, 0), int(stats.get("block_size", 16)))
+
+    @property
+    def total(self) -> int:
+        return self.shared + self.used + self.cached + self.free
+
+    def counts(self) -> list[tuple[str, int]]:
+        return [("shared", self.shared), ("used", self.used), ("cached", self.cached), ("free", self.free)]

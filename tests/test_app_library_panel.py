@@ -1,0 +1,87 @@
+"""The library panel as a new user meets it: a folder of a hundred files keeps the window on the
+screen, the job list folds and clears, reading shows movement, "Open" says when nothing can open
+a file, and "Add files" offers documents from the Documents (or home) folder."""
+import os
+from pathlib import Path
+
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QApplication, QMessageBox
+
+from app.gui.file_launch import open_file
+from app.gui.library_panel import JOB_LIST_MAX_ROWS, start_folder
+from app.gui.library_service import READING, FileJob
+from app_fixtures import make_window, shared_backend  # noqa: F401 (fixtures)
+from conftest import PASSAGE
+
+
+def test_a_hundred_files_keep_the_window_on_the_screen(qtbot, make_window, tmp_path):
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    for i in range(100):
+        (folder / f"note-{i:03}.txt").write_text(f"Note {i}. {PASSAGE}", encoding="utf-8")
+    window = make_window()
+    screen = window.screen().availableGeometry()
+    height = window.height()
+    panel = window.library_panel
+
+    window.index([folder])
+    qtbot.waitUntil(lambda: len(panel.rows) == 100, timeout=60_000)
+    qtbot.wait(50)  # let the layouts settle
+    assert window.height() == height and window.minimumSizeHint().height() <= screen.height()
+    assert window.statusBar().isVisible() and window.statusBar().geometry().bottom() <= window.height()
+    row_height = next(iter(panel.rows.values())).sizeHint().height()
+    assert panel.job_scroll.height() <= (JOB_LIST_MAX_ROWS + 1) * (row_height + panel.jobs_layout.spacing())
+    assert panel.job_scroll.verticalScrollBar().maximum() > 0  # the rest scrolls
+    assert panel.clear_button.isVisible() and "Indexing" in panel.jobs_toggle.text()
+
+    panel.jobs_toggle.click()  # fold the list away; the header (and Clear finished) stay
+    assert not panel.job_scroll.isVisible() and panel.clear_button.isVisible()
+    panel.jobs_toggle.click()
+    assert panel.job_scroll.isVisible()
+
+    window.library.cancel_all()
+    qtbot.waitUntil(lambda: all(r.job.finished for r in panel.rows.values()), timeout=120_000)
+    assert panel.clear_button.isEnabled() and panel.jobs_toggle.text() == "100 files done"
+    qtbot.mouseClick(panel.clear_button, Qt.MouseButton.LeftButton)
+    assert not panel.rows and not panel.jobs_header.isVisible() and not panel.job_scroll.isVisible()
+
+
+def test_reading_a_file_shows_a_moving_bar_not_a_stuck_percentage(qtbot, make_window, tmp_path):
+    panel = make_window().library_panel
+    job = FileJob(10_000, tmp_path / "manual.pdf", READING, 0.0)
+    panel.show_job(job)
+    row = panel.rows[job.id]
+    assert row.bar.maximum() == 0 and row.state.text() == "Reading…"  # Qt animates a 0..0 bar
+    panel.show_job(FileJob(job.id, job.path, "embedding", 0.5))
+    assert row.bar.maximum() == 1000 and row.state.text() == "Indexing 50%"
+
+
+def test_open_says_when_no_application_can_open_the_file(qtbot, make_window, tmp_path):
+    notes = tmp_path / "lighthouse.txt"
+    notes.write_text(PASSAGE, encoding="utf-8")
+    window = make_window()
+    panel = window.library_panel
+    window.index([notes])
+    qtbot.waitUntil(lambda: panel.documents.count() == 1, timeout=120_000)
+    assert not open_file(str(notes))  # the offscreen platform has no launcher: a real "no application"
+
+    panel.documents.item(0).setSelected(True)
+    qtbot.mouseClick(panel.open_button, Qt.MouseButton.LeftButton)
+    box = panel.findChild(QMessageBox, "cannotOpen")
+    assert box is not None and box.isVisible()
+    assert "lighthouse.txt" in box.text() and str(notes) in box.informativeText()
+    box.accept()
+
+
+def test_add_files_filters_documents_and_opens_in_the_documents_or_home_folder(qtbot, make_window):
+    dialog = make_window().library_panel.choose_files()
+    try:
+        filters = dialog.nameFilters()
+        assert filters[0].startswith("Documents (") and "*.pdf" in filters[0] and "*.docx" in filters[0]
+        assert filters[-1] == "All files (*)"
+        where = Path(dialog.directory().absolutePath())
+        assert where == Path(start_folder()) and where != Path(os.getcwd())
+        assert where in (Path.home(), Path.home() / "Documents") or where.name == "Documents"
+    finally:
+        dialog.reject()
+        QApplication.processEvents()
