@@ -19,9 +19,9 @@ _SURROGATE_ESCAPES = range(0xDC80, 0xDD00)  # os.fsdecode's stand-ins for the by
 
 
 def display_name(path: str | bytes | os.PathLike) -> str:
-    """`path` (a whole path or a bare name) as one line that is safe to print anywhere:
-    undecodable bytes become \\xNN, control characters \\n, \\r, \\t or \\xNN, and bidi and
-    other invisible layout controls \\uNNNN."""
+    """`path` (a whole path, a bare name, or a message that quotes one) as one line that is safe
+    to print anywhere: undecodable bytes become \\xNN, control characters \\n, \\r, \\t or
+    \\xNN, and bidi and other invisible layout controls \\uNNNN."""
     text = os.fsdecode(path)
     return _UNSAFE.sub(_escape, text) if _UNSAFE.search(text) else text
 

@@ -34,10 +34,11 @@ from rag.loaders.html import load_html
 from rag.loaders.markdown import load_markdown
 from rag.loaders.pdf import load_pdf
 from rag.loaders.text import plain_loader
+from rag.paths import display_name
 
-__all__ = ["MAX_TEXT_CHARS", "NOT_A_REGULAR_FILE", "SUPPORTED_SUFFIXES", "CorruptDocument", "DocumentError", "DocumentTooLarge",
-           "EmptyDocument", "LoadedDocument", "MissingDocument", "Section", "UnsupportedDocument", "is_supported",
-           "load_document"]
+__all__ = ["MAX_TEXT_CHARS", "NOT_A_REGULAR_FILE", "SUPPORTED_SUFFIXES", "CorruptDocument", "DocumentError",
+           "DocumentTooLarge", "EmptyDocument", "LoadedDocument", "MissingDocument", "Section", "UnsupportedDocument",
+           "is_supported", "load_document"]
 
 log = logging.getLogger(__name__)
 
@@ -95,12 +96,12 @@ def load_document(path: str | Path, *, max_chars: int = MAX_TEXT_CHARS) -> Loade
     except PermissionError:
         raise error(MissingDocument, path, "permission denied") from None
     except OSError as e:
-        raise error(MissingDocument, path, f"could not be read ({e.strerror or e})") from None
+        raise error(MissingDocument, path, f"could not be read ({e.strerror or display_name(str(e))})") from None
     except DocumentError:
         raise
     except Exception as e:  # a parser choking on a damaged file we did not foresee: that file fails, not the batch
         log.warning("loading %s failed", path, exc_info=True)
-        raise error(CorruptDocument, path, f"could not be read ({type(e).__name__}: {e})") from e
+        raise error(CorruptDocument, path, f"could not be read ({display_name(f'{type(e).__name__}: {e}')})") from e
     if len(document.text) > max_chars:
         raise too_large(path, max_chars)
     if not document.text.strip():

@@ -318,5 +318,7 @@ def _related(archive: Archive, source: str, kind: str) -> str | None:
         if (relation.tag.endswith("}Relationship") and relation.get("Type", "").endswith(f"/{kind}")
                 and relation.get("TargetMode") != "External" and relation.get("Target")):
             target = unquote(relation.get("Target"))
-            return target.lstrip("/") if target.startswith("/") else posixpath.normpath(posixpath.join(directory, target))
+            if target.startswith("/"):  # from the package root
+                return target.lstrip("/")
+            return posixpath.normpath(posixpath.join(directory, target))
     return None

@@ -3,9 +3,10 @@
 No tree is built: Python's html.parser (the parser BeautifulSoup used here) hands over tags and
 text one at a time, and only the open elements are kept, at most `MAX_DEPTH` of them, as browsers
 do (past that, an element takes the place of the deepest). So a page of a million nested <div>s
-costs its text, not a million objects, and text is counted as it is read. Inline text runs are joined and their whitespace collapsed; block elements
-end paragraphs; <pre> keeps its layout; table cells are joined with " | " and list items get a
-"- "; each h1-h3 starts a section; scripts, styles and navigation are dropped.
+costs its text, not a million objects, and text is counted as it is read. Inline text runs are
+joined and their whitespace collapsed; block elements end paragraphs; <pre> keeps its layout;
+table cells are joined with " | " and list items get a "- "; each h1-h3 starts a section;
+scripts, styles and navigation are dropped.
 """
 from __future__ import annotations
 
@@ -246,7 +247,8 @@ class HtmlText(HTMLParser):
 
 # ------------------------------------------------------------------------------- decoding
 
-def read_html(open_bytes: Callable[[], Generator[bytes, None, None]], budget: TextBudget) -> tuple[list[Part], str | None]:
+def read_html(open_bytes: Callable[[], Generator[bytes, None, None]],
+              budget: TextBudget) -> tuple[list[Part], str | None]:
     """Decodes and parses a page whose bytes `open_bytes()` streams (from the start, each call).
     The encodings tried are BeautifulSoup's, judged from the page's first block: its byte-order
     mark, its declared encoding, a guess, UTF-8, Windows-1252; a strict decode that fails starts
