@@ -252,6 +252,19 @@ def test_text_is_counted_while_it_is_extracted(tmp_path, monkeypatch, kind):
     assert unpacked[0] < 100_000 * per_char + 1_000_000  # one read block, and the package's small parts
 
 
+def test_a_book_within_the_zip_limits_stops_in_bounded_memory_once_its_text_is_too_long(tmp_path):
+    """A 75 KB book of ten 7 MiB chapters of words passes every zip check; it is refused at the
+    default 20 million characters after unpacking about that much, in memory near its text's."""
+    make_epub(tmp_path / "template.epub", [(f"Chapter {i}", "<p>x</p>") for i in range(10)])
+    chapters = [repeated(f"OEBPS/text/chapter{i:02d}.xhtml", b"<html><body><p>", HA, 7, b"</p></body></html>")
+                for i in range(1, 11)]
+    repack(tmp_path / "template.epub", tmp_path / "words.epub", *chapters)
+    result = load_in_child(tmp_path / "words.epub")
+    assert result["error"] == "DocumentTooLarge" and "20,000,000 characters" in result["message"], result
+    assert result["unpacked"] < 21 * MB
+    assert result["growth_mb"] < 64, result
+
+
 # -------------------------------------------------------------------------------- XML entities
 
 LAUGHS = ('<!DOCTYPE lolz [<!ENTITY lol "lol">' + "".join(

@@ -11,7 +11,6 @@ scripts, styles and navigation are dropped.
 from __future__ import annotations
 
 import codecs
-import re
 from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
@@ -25,6 +24,7 @@ from rag.loaders.base import (
     LoadedDocument,
     Part,
     TextBudget,
+    WHITESPACE,
     TextBuilder,
     assemble,
     collapse,
@@ -47,7 +47,6 @@ _VOID = frozenset({  # elements that never hold content; an end tag for one is i
     "area", "base", "br", "col", "embed", "hr", "img", "input", "keygen", "link", "menuitem", "meta", "param",
     "source", "track", "wbr", "basefont", "bgsound", "command", "frame", "image", "isindex", "nextid", "spacer",
 })
-_WHITESPACE = re.compile(r"\s+")
 _FEED = 1 << 16  # characters handed to the parser at a time (at least)
 _COMPACT_AT = 4096  # pieces of text kept apart before they are joined into one
 _READ = 1 << 16
@@ -132,7 +131,7 @@ class HtmlText(HTMLParser):
             self.budget.spend(len(data) + len(capture.separator))
         if self.dropped or self.opaque:
             return
-        piece = _WHITESPACE.sub(" ", data)
+        piece = WHITESPACE.sub(" ", data)
         if piece == " " and (not self.line or self.line[-1][-1:].isspace()):
             return  # flushing would collapse it away
         self.append(piece)
