@@ -7,7 +7,9 @@ callback and stops between embedding batches when its cancel event is set. Each 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import stat
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -16,9 +18,12 @@ from typing import Protocol
 
 from rag.chunking import Chunk, ChunkingConfig, chunk_document
 from rag.embedder import Embedder
-from rag.loaders import DocumentError, EmptyDocument, is_supported, load_document
+from rag.loaders import NOT_A_REGULAR_FILE, DocumentError, EmptyDocument, is_supported, load_document
+from rag.paths import display_name
 from rag.retrieve import Hit, Mode, search
 from rag.store import DocumentInfo, Store
+
+log = logging.getLogger(__name__)
 
 STATUSES = ("added", "updated", "unchanged", "duplicate", "failed", "cancelled")
 
@@ -117,7 +122,13 @@ class Library:
             if cancel is not None and cancel.is_set():
                 report.results.append(FileResult(path, "cancelled"))
                 continue
-            result = self._add_file(path, tell, cancel)
+            try:
+                result = self._add_file(path, tell, cancel)
+            except Exception as e:  # a bug or a full disk: this file fails, the others go on
+                log.exception("indexing %s failed", path)
+                problem = display_name(f"{type(e).__name__}: {e}")
+                result = FileResult(path, "failed",
+                                    error=f"{display_name(path.name)}: could not be indexed ({problem})")
             report.results.append(result)
             tell(_FINAL_STAGE.get(result.status, "skipped"), 1.0)
         return report
@@ -125,6 +136,11 @@ class Library:
     def _add_file(self, path: Path, tell: Callable[[str, float], None], cancel: CancelFlag | None) -> FileResult:
         tell("reading", 0.0)
         try:
+            mode = path.stat().st_mode
+            if stat.S_ISDIR(mode):  # expand() lists a folder only when it cannot be listed
+                return FileResult(path, "failed", error=_unlistable(path))
+            if not stat.S_ISREG(mode):  # hashing a pipe or /dev/zero would never end
+                return FileResult(path, "failed", error=f"{display_name(path.name)}: {NOT_A_REGULAR_FILE}")
             content_hash = _hash_file(path)
         except OSError as e:
             return FileResult(path, "failed", error=_unreadable(path, e))
@@ -135,13 +151,13 @@ class Library:
         if twin is not None:
             if current is not None:  # the file now holds another document's text: its old version is wrong
                 self._store.remove(current.doc_id)
-            return FileResult(path, "duplicate", twin.doc_id, error=f"same content as {twin.source}",
+            return FileResult(path, "duplicate", twin.doc_id, error=f"same content as {display_name(twin.source)}",
                               num_chunks=twin.num_chunks)
         try:
             doc = load_document(path)
             chunks = chunk_document(doc, self.embedder.count_tokens, self.chunking)
             if not chunks:
-                raise EmptyDocument(f"{path.name}: no text to index")
+                raise EmptyDocument(f"{display_name(path.name)}: no text to index")
         except DocumentError as e:
             return FileResult(path, "failed", error=str(e))
         tell("reading", 1.0)
@@ -182,17 +198,35 @@ def search_text(title: str, chunk: Chunk) -> str:
 
 def expand(paths: Iterable[str | os.PathLike]) -> list[Path]:
     """Files as given, and the supported files inside folders (sorted, hidden ones skipped).
-    A named file is kept even if unsupported, so the user hears why it was not indexed."""
+    A named file is kept even if unsupported, and a folder that cannot be listed (no permission)
+    is kept as itself, so the user hears why each was not indexed instead of nothing."""
     out: list[Path] = []
     for p in map(Path, paths):
-        p = p.expanduser().absolute()
-        if p.is_dir():
-            for root, dirs, names in os.walk(p):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                out += [Path(root, n) for n in sorted(names) if not n.startswith(".") and is_supported(n)]
-        else:
+        try:
+            p = p.expanduser()
+        except RuntimeError:  # "~someone" with no such user: kept as typed, reported as not found
+            pass
+        p = p.absolute()
+        if not _is_dir(p):
             out.append(p)
+            continue
+        unlistable: list[Path] = []
+        for root, dirs, names in os.walk(p, onerror=lambda e: unlistable.append(Path(e.filename))):
+            out += unlistable  # in walk order: where the folder's files would have been
+            unlistable.clear()
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            out += [Path(root, n) for n in sorted(names) if not n.startswith(".") and is_supported(n)]
+        out += unlistable
     return list(dict.fromkeys(out))
+
+
+def _is_dir(path: Path) -> bool:
+    """Whether `path` is a folder; False where even that cannot be known (a path under a folder
+    that may not be searched), so it is tried as a file and fails as one, with a reason."""
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):  # ValueError: a NUL in the name
+        return False
 
 
 def _hash_file(path: Path) -> str:
@@ -204,8 +238,15 @@ def _hash_file(path: Path) -> str:
 
 
 def _unreadable(path: Path, error: OSError) -> str:
+    name = display_name(path.name)
     if isinstance(error, FileNotFoundError):
-        return f"{path.name}: file not found"
-    if isinstance(error, IsADirectoryError):
-        return f"{path.name}: is a folder, not a file"
-    return f"{path.name}: cannot be read ({error.strerror or error})"
+        return f"{name}: file not found"
+    return f"{name}: cannot be read ({error.strerror or display_name(str(error))})"
+
+
+def _unlistable(folder: Path) -> str:
+    try:
+        os.scandir(folder).close()
+    except OSError as e:
+        return f"{display_name(folder.name)}: folder cannot be opened ({e.strerror or display_name(str(e))})"
+    return f"{display_name(folder.name)}: is a folder, not a file"

@@ -126,19 +126,21 @@ class Store:
     def documents(self) -> list[DocumentInfo]:
         rows = self._query("SELECT doc_id, source, title, kind, num_pages, num_chunks, num_tokens, content_hash, "
                            "added_at FROM documents WHERE state='ready' ORDER BY source, doc_id")
-        return [DocumentInfo(r[0], Path(r[1]), *r[2:]) for r in rows]
+        return [DocumentInfo(r[0], _source_path(r[1]), *r[2:]) for r in rows]
 
     def document(self, doc_id: str) -> DocumentInfo | None:
         return self._one("doc_id", doc_id)
 
     def find(self, *, source: Path | None = None, content_hash: str | None = None) -> DocumentInfo | None:
         """The ready document at `source`, or else the one with `content_hash`."""
-        return self._one("source", str(source)) if source is not None else self._one("content_hash", content_hash)
+        if source is not None:
+            return self._one("source", _source_value(source))
+        return self._one("content_hash", content_hash)
 
     def _one(self, column: str, value) -> DocumentInfo | None:
         rows = self._query(f"SELECT doc_id, source, title, kind, num_pages, num_chunks, num_tokens, content_hash, "
                            f"added_at FROM documents WHERE state='ready' AND {column}=? LIMIT 1", (value,))
-        return DocumentInfo(rows[0][0], Path(rows[0][1]), *rows[0][2:]) if rows else None
+        return DocumentInfo(rows[0][0], _source_path(rows[0][1]), *rows[0][2:]) if rows else None
 
     def text(self, doc_id: str) -> tuple[str, list[dict]]:
         """The whole document text and its sections ({start, end, page, title})."""
@@ -154,7 +156,7 @@ class Store:
         rows = self._query(
             f"SELECT c.id, c.doc_id, d.source, c.chunk_index, c.text, c.start, c.end, c.page, c.section "
             f"FROM chunks c JOIN documents d USING (doc_id) WHERE c.id IN ({marks}) AND d.state='ready'", ids)
-        return {r[0]: StoredChunk(r[1], Path(r[2]), *r[3:]) for r in rows}
+        return {r[0]: StoredChunk(r[1], _source_path(r[2]), *r[3:]) for r in rows}
 
     # ------------------------------------------------------------------ search
 
@@ -191,7 +193,7 @@ class Store:
         with self._lock, self._transaction():
             self._db.execute(
                 "INSERT INTO documents VALUES (?,?,?,?,?,?,?,?,?,'indexing',?,?)",
-                (info.doc_id, str(info.source), info.title, info.kind, info.num_pages, info.num_chunks,
+                (info.doc_id, _source_value(info.source), info.title, info.kind, info.num_pages, info.num_chunks,
                  info.num_tokens, info.content_hash, info.added_at, text, json.dumps(sections)))
             ids = []
             for c, search_text in zip(chunks, search_texts, strict=True):
@@ -268,6 +270,24 @@ class Store:
 
     def _transaction(self):
         return _Transaction(self._db)
+
+
+def _source_value(path: Path) -> str | bytes:
+    """How the catalog stores a source path: as text when it is valid Unicode, else as the raw
+    bytes the file system uses for it. A file name may hold any bytes, Python decodes the
+    undecodable ones to lone surrogates (PEP 383), and SQLite text must be valid UTF-8. A BLOB
+    keeps its type in the TEXT column, so it compares equal only to the same bytes and the two
+    forms never collide; old catalogs, all text, read as before."""
+    text = str(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(path)
+    return text
+
+
+def _source_path(value: str | bytes) -> Path:
+    return Path(os.fsdecode(value) if isinstance(value, bytes) else value)
 
 
 class _Transaction:

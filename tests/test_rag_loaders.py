@@ -251,6 +251,31 @@ def test_docx_merged_cell_text_appears_once(tmp_path):
     assert load_document(path).text == "Spanning header | Last\na | b | c"
 
 
+def test_docx_reads_tabs_breaks_links_and_rows_merged_down(tmp_path):
+    """What python-docx gave, read straight from the XML: a page break is no text, a cell merged
+    down repeats in each row it spans, a table inside a cell is not read."""
+    import docx
+    from docx.enum.text import WD_BREAK
+    from docx.oxml import parse_xml
+    from docx.oxml.ns import nsdecls
+
+    document = docx.Document()
+    paragraph = document.add_paragraph("Tab")
+    paragraph.add_run().add_tab()
+    paragraph.add_run("and break").add_break()
+    paragraph.add_run("next line").add_break(WD_BREAK.PAGE)
+    paragraph._p.append(parse_xml(f'<w:hyperlink {nsdecls("w", "r")} r:id="rId9"><w:r>'
+                                  '<w:t xml:space="preserve"> linked</w:t></w:r></w:hyperlink>'))
+    table = document.add_table(rows=3, cols=2)
+    table.cell(0, 0).merge(table.cell(1, 0)).text = "Tall"
+    for (row, column), text in {(0, 1): "a", (1, 1): "b", (2, 0): "c", (2, 1): "d"}.items():
+        table.cell(row, column).text = text
+    table.cell(2, 1).add_table(rows=1, cols=1).cell(0, 0).text = "nested, not read"
+    path = tmp_path / "shapes.docx"
+    document.save(str(path))
+    assert load_document(path).text == "Tab\tand break\nnext line linked\n\nTall | a\nTall | b\nc | d"
+
+
 @pytest.mark.parametrize("data", [b"PK\x03\x04 this zip is cut short", b"plain words, not a zip"])
 def test_damaged_docx_is_corrupt(tmp_path, data):
     path = tmp_path / "letter.docx"
