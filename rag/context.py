@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rag.library import Library
+from rag.paths import display_name
 from rag.retrieve import Hit, above_floor, canonical_order
 
 DEFAULT_SYSTEM_PROMPT = "You are Folio, a helpful assistant that runs entirely on this computer."
@@ -46,7 +47,8 @@ class Source:
 
     @property
     def label(self) -> str:
-        return f"{self.source.name}, page {self.page}" if self.page else self.source.name
+        name = display_name(self.source.name)  # a file name may hold any bytes: the prompt gets printable text
+        return f"{name}, page {self.page}" if self.page else name
 
 
 @dataclass(frozen=True)

@@ -92,6 +92,20 @@ def test_undecodable_and_control_character_names_work_end_to_end(library, tmp_pa
     check_consistent(library)
 
 
+def test_prompts_over_undecodable_and_hostile_names_are_printable_text(library, tmp_path):
+    """Building the prompt labels each source by its name: escaped, so the tokenizer gets text."""
+    from rag.context import build_prompt
+    odd = write(tmp_path / UNDECODABLE, "The café menu lists bouillabaisse on Fridays and crêpes every day.")
+    hostile = write(tmp_path / HOSTILE, "The harbour pilot boards ships at the breakwater lighthouse.")
+    library.add([odd, hostile])
+    ids = [d.doc_id for d in library.documents()]
+    prompt = build_prompt("What is on the menu?", library=library, pinned_doc_ids=ids, search=False)
+    text = "".join(m["content"] for m in prompt.messages)
+    text.encode("utf-8")  # no surrogates left
+    assert "caf\\xe9 menu.txt" in text and display_name(HOSTILE) in text
+    assert "\u202e" not in text and "\x1b" not in text
+
+
 def test_undecodable_names_survive_reopening(tmp_path, embedder):
     odd = write(tmp_path / UNDECODABLE, PASSAGE)
     with Library(tmp_path / "lib", embedder=embedder) as lib:
