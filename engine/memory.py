@@ -40,8 +40,8 @@ def parse_size(value: str | int | float) -> int:
 
 def activation_bytes(cfg: ModelConfig, max_tokens: int, max_seqs: int, itemsize: int, largest_weight: int) -> int:
     """An upper bound on one step's temporaries: the widest per-token buffers of a full prefill,
-    the logits of every sequence, and one dense copy of the largest projection (long prefills of
-    quantized weights multiply a dequantized copy)."""
+    the logits of every sequence, and the dense scratch through which packed weights are
+    multiplied when a step has more than one row (`largest_weight`, at most DENSE_CHUNK elements)."""
     per_token = (4 * cfg.hidden_size + (cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.head_dim
                  + 3 * cfg.intermediate_size) * itemsize
     logits = max_seqs * cfg.vocab_size * (itemsize + 4)

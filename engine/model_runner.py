@@ -62,7 +62,7 @@ class ModelRunner:
         self.device = torch.device(config.device)
         self.block_size = config.block_size
         cuda = self.device.type == "cuda"
-        dense = not cuda and self._dequantize_on_cpu(source)
+        dense = self._dequantize_on_cpu(source) if not cuda else bool(config.dequantize_weights)
         sizes = weight_sizes(source, model_config, config.dtype, config.quantization, dense)
         self.memory_plan: MemoryPlan | None = None
         if cuda and config.gpu_memory_limit is not None:
@@ -78,7 +78,9 @@ class ModelRunner:
         if self.memory_plan is not None:
             self.memory_plan.weights = self.model.weight_bytes()
             total = torch.cuda.get_device_properties(self.device).total_memory
-            torch.cuda.set_per_process_memory_fraction(min(1.0, config.gpu_memory_limit / total), self.device)
+            torch.cuda.set_per_process_memory_fraction(min(1.0, config.gpu_memory_limit / total),
+                                                       self.device.index if self.device.index is not None
+                                                       else torch.cuda.current_device())
         self.num_blocks = self._num_kv_blocks()
         c = model_config
         # One allocation for every layer's K and V: [2, layers, blocks, block_size, kv_heads, head_dim].

@@ -75,12 +75,13 @@ def check_matmul(y: torch.Tensor, x: torch.Tensor, w) -> None:
     torch.testing.assert_close(y.float(), ref, rtol=tol, atol=tol * float(ref.abs().max()))
 
 
-@pytest.mark.parametrize("m", [1, 5, 40, 100])
+@pytest.mark.parametrize("m", [1, 5, 100])
 @pytest.mark.parametrize("qtype", PACKED_TYPES)
 @pytest.mark.parametrize("device", DEVICES)
 def test_quant_matmul_matches_dequantize_then_matmul(device, qtype, m):
-    """Decode (1, 5 rows), batched (40) and tiled (100) shapes; N not a multiple of the tile."""
-    n, k = (48, 512) if device == "cpu" else (3000, 4096)
+    """The one-row kernel (1) and dequantize + cuBLAS (5, 100); N not a multiple of any row block,
+    K not a multiple of the tile."""
+    n, k = (40, 768) if device == "cpu" else (3000, 4864)
     dtype = torch.float32 if device == "cpu" and m == 5 else torch.bfloat16
     w = from_gguf(random_blocks(qtype, n, k, seed=m), qtype, k).to(device)
     x = torch.randn(m, k, generator=torch.Generator().manual_seed(m)).to(device, dtype)

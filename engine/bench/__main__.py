@@ -14,6 +14,13 @@ Suites (see engine/bench/patterns.py, gpu.py, mixed.py for the definitions):
 - profile (GPU): kernels and GPU time of a decode step at 1 sequence, from the profiler.
 - roofline (GPU): a batch-64 decode step against weights + live KV over the copy bandwidth.
 - mixed: the mixed workload against transformers `generate` (slow: minutes).
+- memory: weights held against the GGUF's tensor bytes, and the context the KV pool holds.
+- quality: teacher-forced top-1 of a GGUF's packed kernels against the same file dequantized.
+
+Quantized models (issue 13):
+    python -m engine.bench --device cuda --model m-q4km.gguf --tokenizer TOKENIZER_FOLDER
+    python -m engine.bench --device cuda --dummy-gguf llama-8b --gpu-memory-limit 8GiB \
+        --suite memory,decode --decode-sizes 1
 """
 from __future__ import annotations
 
@@ -26,8 +33,8 @@ from pathlib import Path
 
 import torch
 
-from engine.bench import gpu, mixed, patterns
-from engine.bench.dummy import SHAPES, make_dummy_model
+from engine.bench import gpu, mixed, patterns, quant
+from engine.bench.dummy import GGUF_SHAPES, SHAPES, byte_tokenizer, make_dummy_model, write_gguf
 from engine.bench.report import mark, table
 from engine.llm import LLM
 
@@ -47,6 +54,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--shape", choices=sorted(SHAPES), default=None, help="with --dummy-weights: the model shape")
     ap.add_argument("--dummy-weights", action="store_true",
                     help="random weights in --shape's shape (written once to a temp folder)")
+    ap.add_argument("--dummy-gguf", choices=sorted(GGUF_SHAPES), default=None,
+                    help="a random-weight Q4_K_M GGUF of this shape (written once to a temp folder)")
+    ap.add_argument("--tokenizer", default=None, help="tokenizer folder for a GGUF without a vocabulary")
+    ap.add_argument("--gpu-memory-limit", default=None, help='e.g. "8GiB": the engine plans inside it')
+    ap.add_argument("--kv-cache-dtype", default=None, help='"fp8" for an e4m3 KV cache')
+    ap.add_argument("--decode-sizes", default="1,8,32,64", help="decode: the sequence counts")
     ap.add_argument("--async-scheduling", choices=["auto", "on", "off"], default="auto")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--scale", type=float, default=1.0, help="mixed: multiply request counts and lengths")
@@ -62,7 +75,23 @@ def engine_args(args: argparse.Namespace) -> dict:
         out["async_scheduling"] = args.async_scheduling == "on"
     if args.device.startswith("cuda"):
         out["max_model_len"] = 8192  # room for the 4096-token document; keeps graph tables small
+    if args.gpu_memory_limit is not None:
+        out["gpu_memory_limit"] = args.gpu_memory_limit
+    if args.kv_cache_dtype is not None:
+        out["kv_cache_dtype"] = args.kv_cache_dtype
     return out
+
+
+def dummy_gguf(shape: str) -> tuple[str, str]:
+    """A random Q4_K_M GGUF of `shape` and a byte-level tokenizer folder beside it."""
+    folder = Path(tempfile.gettempdir()) / f"folio-dummy-gguf-{shape}"
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{shape}-q4_k_m.gguf"
+    if not path.is_file():
+        write_gguf(folder / "partial.gguf", shape).replace(path)
+    if not (folder / "tokenizer" / "tokenizer.json").is_file():
+        byte_tokenizer().save_pretrained(folder / "tokenizer")
+    return str(path), str(folder / "tokenizer")
 
 
 def print_decode(runs: list[patterns.DecodeRun]) -> None:
@@ -112,6 +141,22 @@ def print_roofline(r: gpu.DecodeRoofline) -> None:
           f"ratio {r.ratio:.2f}  target <= 2 {mark(r.ratio <= TARGETS['roofline'])}")
 
 
+def print_memory(m: quant.WeightMemory) -> None:
+    formats = ", ".join(f"{k} {v / 2**20:,.0f} MiB" for k, v in sorted(m.formats.items(), key=lambda kv: -kv[1]))
+    limit = f"{m.gpu_memory_limit / 2**30:.2f} GiB" if m.gpu_memory_limit else "none"
+    print(table(["weights", "MiB", "of the file's tensors", "target"], [
+        ["in the GGUF file", f"{m.file_tensor_bytes / 2**20:,.1f}", "", ""],
+        ["held by the engine", f"{m.held_bytes / 2**20:,.1f}", f"{m.ratio:.3f}x", f"<= 1.10x {mark(m.ratio <= 1.10)}"]]))
+    print(f"held as: {formats}\nKV cache {m.kv_dtype}: {m.context_tokens:,} tokens of context "
+          f"(memory limit {limit})")
+
+
+def print_quality(a: quant.Agreement) -> None:
+    print(f"teacher-forced top-1, packed vs dequantized: {a.agreeing}/{a.counted} positions whose reference "
+          f"margin >= {a.near_tie} ({a.counted}/{a.positions} decisive): {a.rate:.2%}  target >= 99% "
+          f"{mark(a.rate >= 0.99)}")
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.dummy_weights:
@@ -119,10 +164,13 @@ def main(argv: list[str] | None = None) -> dict:
             raise SystemExit("--dummy-weights needs --shape")
         dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
         args.model = str(make_dummy_model(args.shape, Path(tempfile.gettempdir()) / f"folio-dummy-{args.shape}", dtype))
+    tokenizer = args.tokenizer
+    if args.dummy_gguf is not None:
+        args.model, tokenizer = dummy_gguf(args.dummy_gguf)
     suites = (args.suite or DEFAULT_SUITES["cuda" if args.device.startswith("cuda") else "cpu"]).split(",")
     kwargs = engine_args(args)
     results: dict = {"device": args.device, "model": args.model or "bundled", "engine_args": kwargs}
-    llm = LLM(args.model, **kwargs) if set(suites) - {"mixed"} else None
+    llm = LLM(args.model, tokenizer, **kwargs) if set(suites) - {"mixed"} else None
     if llm is not None:
         results["async_scheduling"] = llm.engine.async_scheduling
         print(f"engine.bench  device={args.device}  model={llm.engine.model_path}  "
@@ -130,7 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
     for suite in suites:
         print(f"== {suite}")
         if suite == "decode":
-            runs = patterns.decode_pattern(llm)
+            runs = patterns.decode_pattern(llm, tuple(int(n) for n in args.decode_sizes.split(",")))
             print_decode(runs)
             results["decode"] = [{**asdict(r), "decode_tok_s": r.decode_tok_s, "prefill_tok_s": r.prefill_tok_s}
                                  for r in runs]
@@ -154,6 +202,14 @@ def main(argv: list[str] | None = None) -> dict:
             r = gpu.decode_roofline(llm, gpu.copy_bandwidth(llm.engine.runner.device))
             print_roofline(r)
             results["roofline"] = {**asdict(r), "roofline_ms": r.roofline_ms, "ratio": r.ratio}
+        elif suite == "memory":
+            m = quant.weight_memory(llm)
+            print_memory(m)
+            results["memory"] = {**asdict(m), "ratio": m.ratio}
+        elif suite == "quality":
+            a = quant.top1_against_dequantized(llm, kwargs)
+            print_quality(a)
+            results["quality"] = {**asdict(a), "rate": a.rate}
         elif suite == "mixed":
             if llm is not None:
                 del llm

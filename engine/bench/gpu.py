@@ -52,7 +52,7 @@ def steady_decode(llm: LLM, batch: int, context: int) -> list[str]:
 
 
 def weight_bytes(llm: LLM) -> int:
-    return sum(t.numel() * t.element_size() for t in llm.engine.runner.model.state_dict().values())
+    return llm.engine.runner.model.weight_bytes()  # packed weights as packed
 
 
 @dataclass

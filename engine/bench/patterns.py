@@ -73,9 +73,11 @@ def run_batch(engine: LLMEngine, prompts: list[list[int]], gen: int) -> tuple[fl
 def decode_pattern(llm: LLM, sizes=(1, 8, 32, 64), prompt: int = 512, gen: int = 128, seed: int = 0) -> list[DecodeRun]:
     engine = llm.engine
     vocab = engine.model_config.vocab_size
-    run_batch(engine, random_prompts(2, prompt, vocab, seed + 999), 8)  # warm-up: first-call costs stay out
     runs = []
     for n in sizes:
+        # Warm-up at the same shape first (as llama-batched-bench does): the first steps of a new
+        # batch shape compile kernels and capture graphs once per process, and that stays out.
+        run_batch(engine, random_prompts(n, prompt, vocab, seed + 999), 8)
         prefill_s, decode_s, _ = run_batch(engine, random_prompts(n, prompt, vocab, seed + n), gen)
         runs.append(DecodeRun(n, prompt, gen, prefill_s, decode_s))
     return runs
