@@ -1,6 +1,7 @@
 """A model's quantization and memory in the app: the Settings fields for a GPU memory limit, the KV
 cache's precision and quantizing a folder at load (saved, validated, passed to the engine, and a
-reason to reload it), and the dialog's "Loaded now" for the real bundled model."""
+reason to reload it), the dialog's "Loaded now" for the real bundled model, and the status bar's
+KV picture counted in tokens of context."""
 from __future__ import annotations
 
 import json
@@ -13,6 +14,7 @@ from app.backends import LocalSpec
 from app.backends.remote import RemoteBackend
 from app.gui import engine_bridge
 from app.gui.engine_bridge import LOADING, READY
+from app.gui.kv_bar import KvIndicator
 from app.gui.settings import Settings, load_settings, save_settings
 from app.gui.settings_dialog import REMOTE_MEMORY, SettingsDialog
 from app.paths import settings_path
@@ -220,3 +222,34 @@ def test_the_memory_line_reads_as_a_person_would_say_it():
     folder = {**info, "model": "/m/llama", "weight_formats": {"Q8_0": 1100 << 20}, "weight_bytes": 1100 << 20,
               "quantization": "int8", "gpu_memory_limit": None, "kv_dtype": "float8_e4m3fn"}
     assert memory_summary(folder).startswith("Q8_0 1.1 GiB (int8, quantized at load) · KV fp8, ")
+
+
+# ---------------------------------------------------------------------------------- the KV picture
+
+def test_the_kv_picture_counts_tokens_of_context(qtbot):
+    kv = KvIndicator()
+    qtbot.addWidget(kv)
+    kv.set_stats({"blocks_total": 6000, "blocks_used": 230, "blocks_shared": 30, "blocks_cached": 70,
+                  "blocks_free": 5770, "block_size": 16})
+    legend = kv.legend.text()
+    assert legend.startswith("3,680 of 96,000 tokens in use ")  # (30 shared + 200 used blocks) x 16
+    for count, kind in (("480", "shared"), ("3,200", "used"), ("1,120", "cached"), ("91,200", "free")):
+        assert f"</span> {count} {kind}" in legend
+    tip = kv.toolTip().splitlines()
+    assert tip[0] == "KV memory: 3,680 of 96,000 tokens in use" and tip[1] == "6,000 blocks of 16 tokens"
+    assert "cached for reuse: 1,120 tokens (70 blocks)" in tip
+    kv.set_stats({})  # before the first stats: an empty pool, not an error
+    assert kv.legend.text().startswith("0 of 0 tokens in use")
+
+
+def test_the_status_bar_counts_the_engines_tokens(qtbot, make_window):
+    window = make_window()
+    qtbot.waitUntil(lambda: "max_model_len" in window.bridge.last_stats, timeout=10_000)
+    assert f"of {KV_BLOCKS * 16:,} tokens in use" in window.kv.legend.text()  # 256 blocks of 16 tokens
+    type_and_send(qtbot, window.current_view(), "Name three colours.")
+    wait_answer(qtbot, window.current_view())
+    # the finished answer's full blocks stay cached for a prefix hit, and are counted as tokens
+    qtbot.waitUntil(lambda: window.bridge.last_stats.get("blocks_cached", 0) > 0, timeout=10_000)
+    cached = int(window.bridge.last_stats["blocks_cached"]) * 16  # the picture redraws with each stats
+    assert f"</span> {cached:,} cached" in window.kv.legend.text()
+    assert f"cached for reuse: {cached:,} tokens" in window.kv.toolTip()

@@ -125,6 +125,8 @@ class MainWindow(QMainWindow):
 
         self.engine_label = QLabel()
         self.engine_label.setObjectName("engineLabel")
+        # the KV picture keeps its size; a narrow window cuts this line short rather than widening
+        self.engine_label.setMinimumWidth(self.engine_label.fontMetrics().averageCharWidth() * 24)
         self.kv = KvIndicator()
         self.statusBar().addWidget(self.engine_label, 1)
         self.statusBar().addPermanentWidget(self.kv)
