@@ -1,4 +1,5 @@
-"""The local engine's KV memory as four disjoint counts that add up to the pool.
+"""The local engine's KV memory as four disjoint counts that add up to the pool, in blocks and in
+the tokens of context they hold (a block holds `block_size` tokens).
 
 The engine's `blocks_free` counts cached blocks (kept for a prefix hit, reusable at once) as
 free, and its `blocks_used` counts shared blocks as used; a person reading the numbers wants each
@@ -29,3 +30,21 @@ class KvBlocks:
 
     def counts(self) -> list[tuple[str, int]]:
         return [("shared", self.shared), ("used", self.used), ("cached", self.cached), ("free", self.free)]
+
+    def token_counts(self) -> list[tuple[str, int]]:
+        """`counts()` as tokens of context: what a person can compare with a prompt's length."""
+        return [(kind, n * self.block_size) for kind, n in self.counts()]
+
+    @property
+    def total_tokens(self) -> int:
+        """The tokens of context the pool holds."""
+        return self.total * self.block_size
+
+    @property
+    def tokens_in_use(self) -> int:
+        """Tokens held for running requests (shared blocks once); cached ones are reusable at once."""
+        return (self.shared + self.used) * self.block_size
+
+    def usage(self) -> str:
+        """"3,200 of 93,200 tokens in use"."""
+        return f"{self.tokens_in_use:,} of {self.total_tokens:,} tokens in use"

@@ -27,6 +27,8 @@ class LocalBackend:
         self.max_model_len: int = engine.max_model_len
         self._tokenizer = Tokenizer(engine.source.tokenizer_folder)
         self._tokenizer_lock = threading.Lock()
+        # read once, while the engine thread idles: every number in it is fixed at load
+        self._model_info = {**engine.memory_report(), "quantization": engine.config.quantization}
 
     def submit(self, prompt: PromptInput, params: SamplingParams | None = None, *,
                on_delta: Callable[[str], None] | None = None,
@@ -51,3 +53,8 @@ class LocalBackend:
     def count_tokens(self, prompt: PromptInput) -> int:
         with self._tokenizer_lock:
             return len(self._tokenizer.prompt_ids(prompt))
+
+    def model_info(self) -> dict:
+        info = dict(self._model_info)
+        info["weight_formats"] = dict(info["weight_formats"])
+        return info

@@ -56,3 +56,9 @@ class Backend(Protocol):
 
     def count_tokens(self, prompt: PromptInput) -> int:
         """The prompt's length in the model's tokens (estimated for a remote model); thread-safe."""
+
+    def model_info(self) -> dict:
+        """What the model holds where, without waiting: for the local engine its
+        `LLMEngine.memory_report()` (weights by storage format, KV dtype and bytes per token, tokens
+        of context, the GPU memory limit), read once when it became ready, plus `quantization`
+        (the quantize-at-load choice, or None). {} for a remote model: its memory is the server's."""

@@ -196,6 +196,10 @@ class RemoteBackend:
         """The last answer's token counts, as the server reported them ({} before any)."""
         return dict(self._last_usage)
 
+    def model_info(self) -> dict:
+        """Nothing: a remote model's weights and KV memory are the server's, not Folio's to see."""
+        return {}
+
     def count_tokens(self, prompt: PromptInput) -> int:
         """An estimate on the cautious side: the server's tokenizer is not ours to run."""
         if isinstance(prompt, str):

@@ -19,7 +19,7 @@ from app.backends.choice import add_backend_arguments
 from app.cli.common import (EXIT_OK, add_repetition_penalty_argument, error, printable_answer, replace_unencodable,
                             start_backend)
 from app.printable import printable
-from app.wording import answer_summary, plural
+from app.wording import answer_summary, memory_summary, plural
 
 PROMPT = "> "
 CHAT_COMMANDS = {
@@ -67,6 +67,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
         return backend
     print(f"{backend.describe()}. /help lists commands; Ctrl+C stops an answer, Ctrl+D quits.",
           file=sys.stderr, flush=True)
+    memory = memory_summary(backend.model_info())
+    if memory:  # the local model's weights and context; a remote one's are the server's
+        print(f"Memory: {memory}", file=sys.stderr, flush=True)
     try:
         TerminalChat(backend, params, args.system).run()
     finally:

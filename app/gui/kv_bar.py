@@ -1,5 +1,6 @@
 """A picture of the engine's KV memory: blocks shared by several chats, used by one, cached for
-reuse, and free, as one bar with a legend, redrawn whenever the engine's stats change."""
+reuse, and free, as one bar with a legend that counts the tokens of context each part holds,
+redrawn whenever the engine's stats change."""
 from __future__ import annotations
 
 from PySide6.QtCore import QRectF, QSize, Qt
@@ -27,7 +28,7 @@ class KvBar(QWidget):
         self.setAccessibleName("KV memory")
 
     def sizeHint(self) -> QSize:
-        return QSize(self.fontMetrics().averageCharWidth() * 36, max(8, self.fontMetrics().height() * 2 // 3))
+        return QSize(self.fontMetrics().averageCharWidth() * 28, max(8, self.fontMetrics().height() * 2 // 3))
 
     def set_blocks(self, blocks: KvBlocks) -> None:
         self.blocks = blocks
@@ -84,9 +85,14 @@ class KvIndicator(QWidget):
     def set_stats(self, stats: dict) -> None:
         blocks = KvBlocks.from_stats(stats)
         self.bar.set_blocks(blocks)
-        self.legend.setText(" ".join(f'<span style="color:{c}">■</span> {n} {kind}' for kind, n, c in kv_parts(blocks)))
-        tokens = blocks.block_size
+        tokens = dict(blocks.token_counts())
+        self.legend.setText(f"{blocks.usage()} " + " ".join(
+            f'<span style="color:{c}">■</span> {tokens[kind]:,} {kind}' for kind, _, c in kv_parts(blocks)))
         self.setToolTip(
-            f"KV memory: {blocks.total} blocks of {tokens} tokens\n"
-            f"shared by several chats: {blocks.shared}\nused by one chat: {blocks.used}\n"
-            f"cached for reuse: {blocks.cached}\nfree: {blocks.free}")
+            f"KV memory: {blocks.usage()}\n"
+            f"{blocks.total:,} blocks of {blocks.block_size} tokens\n"
+            f"shared by several chats: {tokens['shared']:,} tokens ({blocks.shared:,} blocks)\n"
+            f"used by one chat: {tokens['used']:,} tokens ({blocks.used:,} blocks)\n"
+            f"cached for reuse: {tokens['cached']:,} tokens ({blocks.cached:,} blocks)\n"
+            f"free: {tokens['free']:,} tokens ({blocks.free:,} blocks)")
+        self.bar.setAccessibleDescription(blocks.usage())

@@ -125,10 +125,13 @@ class MainWindow(QMainWindow):
 
         self.engine_label = QLabel()
         self.engine_label.setObjectName("engineLabel")
+        # the KV picture keeps its size; a narrow window cuts this line short rather than widening
+        self.engine_label.setMinimumWidth(self.engine_label.fontMetrics().averageCharWidth() * 24)
         self.kv = KvIndicator()
         self.statusBar().addWidget(self.engine_label, 1)
         self.statusBar().addPermanentWidget(self.kv)
         self.bridge.stateChanged.connect(self._engine_state)
+        self.bridge.stateChanged.connect(lambda *_: self._show_loaded_in_settings())
         self.bridge.statsChanged.connect(self._engine_stats)
         self.library.openFailed.connect(self.banner.show_error)
 
@@ -346,9 +349,19 @@ class MainWindow(QMainWindow):
         dialog.accepted_settings.connect(self.apply_settings)
         dialog.finished.connect(lambda *_: setattr(self, "settings_dialog", None))
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
-        dialog.open()
         self.settings_dialog = dialog
+        self._show_loaded_in_settings()
+        dialog.open()
         return dialog
+
+    def _show_loaded_in_settings(self) -> None:
+        """The open dialog's "Loaded now": the model's formats, KV cache and context, as the
+        backend read them at load (nothing waits), kept current while a reload runs."""
+        if self.settings_dialog is None:
+            return
+        backend = self.bridge.backend
+        info = backend.model_info() if backend is not None and self.bridge.state == engine_bridge.READY else {}
+        self.settings_dialog.show_loaded(self.bridge.state, self.bridge.detail, self.bridge.remote, info)
 
     def apply_settings(self, settings: Settings) -> None:
         old, self.settings = self.settings, settings

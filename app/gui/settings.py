@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from app import sampling
 from app.backends import BackendSpec, LocalSpec, RemoteSpec
 from app.paths import settings_path
+from engine.memory import parse_size
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,8 @@ MODEL_SOURCES = ("bundled", "folder", "gguf", "remote")
 LOCAL_FILE_SOURCES = ("folder", "gguf")
 DEVICES = ("auto", "cuda", "cpu")
 THEMES = ("light", "dark")
+KV_CACHE_DTYPES = ("auto", "fp8")            # the model's dtype, or float8 e4m3 (twice the tokens)
+QUANTIZATIONS = ("none", "int8", "int4")     # at load, for a Hugging Face folder (a GGUF keeps its own)
 DEFAULT_PRESET = "Folio default"
 
 
@@ -44,6 +47,9 @@ class Settings:
     device: str = "auto"
     max_model_len: int = 0            # 0: as long as the model allows
     kv_memory_fraction: float = 0.85  # of a GPU's memory left after the weights; nothing on the CPU
+    gpu_memory_limit: str = ""        # "8GiB", "7.5 GB"...: all the engine may take of a GPU; "": no limit
+    kv_cache_dtype: str = "auto"
+    quantization: str = "none"        # for model_source "folder" only
     temperature: float = sampling.TEMPERATURE
     top_p: float = sampling.TOP_P
     max_tokens: int = sampling.MAX_TOKENS
@@ -54,7 +60,8 @@ class Settings:
 
     def problems(self) -> list[str]:
         """What is wrong with these values, in words a user can act on."""
-        problems = [message for name, (ok, message) in _CHECKS.items() if not ok(getattr(self, name))]
+        problems = [message(getattr(self, name)) if callable(message) else message
+                    for name, (ok, message) in _CHECKS.items() if not ok(getattr(self, name))]
         if self.model_source in LOCAL_FILE_SOURCES and not self.model_path.strip():
             problems.append("choose a model folder or GGUF file")
         if self.is_remote and not self.remote_url.strip():
@@ -66,15 +73,27 @@ class Settings:
         return self.model_source == "remote"
 
     def backend_spec(self) -> BackendSpec:
-        """Who answers with these settings; the window reloads when this changes. The KV memory
-        fraction is a GPU setting: on the CPU it changes nothing, so it is not part of the choice."""
+        """Who answers with these settings; the window reloads when this changes. Only what
+        changes the engine is part of the choice: the GPU memory limit and the KV memory fraction
+        mean nothing on the CPU, the fraction nothing under a limit (the limit sizes the KV pool),
+        and quantizing at load applies to a Hugging Face folder only (a GGUF keeps its own types).
+        Call it on settings without `problems()`: a bad memory limit raises ValueError."""
         if self.is_remote:
             return RemoteSpec(self.remote_url.strip(), self.remote_key.strip() or None,
                               self.remote_model.strip() or None)
         model = self.model_path.strip() if self.model_source in LOCAL_FILE_SOURCES else None
-        config: dict = {} if self.device == "cpu" else {"kv_memory_fraction": self.kv_memory_fraction}
+        config: dict = {}
+        if self.device != "cpu":
+            if self.gpu_memory_limit.strip():
+                config["gpu_memory_limit"] = parse_size(self.gpu_memory_limit)  # "8GiB" and "8 GiB" alike
+            else:
+                config["kv_memory_fraction"] = self.kv_memory_fraction
         if self.max_model_len:
             config["max_model_len"] = self.max_model_len
+        if self.kv_cache_dtype != "auto":
+            config["kv_cache_dtype"] = self.kv_cache_dtype
+        if self.model_source == "folder" and self.quantization != "none":
+            config["quantization"] = self.quantization
         return LocalSpec.of(model, self.device, **config)
 
     def model_label(self) -> str:
@@ -99,6 +118,10 @@ _CHECKS = {
     "device": (lambda v: v in DEVICES, f"device must be one of {', '.join(DEVICES)}"),
     "max_model_len": (lambda v: v >= 0, "context length must be >= 0"),
     "kv_memory_fraction": (lambda v: 0.0 < v <= 1.0, "KV memory fraction must be in (0, 1]"),
+    "gpu_memory_limit": (lambda v: _memory_limit_problem(v) is None, lambda v: _memory_limit_problem(v)),
+    "kv_cache_dtype": (lambda v: v in KV_CACHE_DTYPES,
+                       f"KV cache precision must be one of {', '.join(KV_CACHE_DTYPES)}"),
+    "quantization": (lambda v: v in QUANTIZATIONS, f"quantization must be one of {', '.join(QUANTIZATIONS)}"),
     "temperature": (lambda v: v >= 0.0, "temperature must be >= 0"),
     "top_p": (lambda v: 0.0 < v <= 1.0, "top-p must be in (0, 1]"),
     "max_tokens": (lambda v: v >= 1, "max tokens must be >= 1"),
@@ -106,6 +129,17 @@ _CHECKS = {
                            "repetition penalty must be between {:g} and {:g}".format(*sampling.REPETITION_PENALTY_RANGE)),
     "theme": (lambda v: v in THEMES, f"theme must be one of {', '.join(THEMES)}"),
 }
+
+
+def _memory_limit_problem(value: str) -> str | None:
+    """None for "" (no limit) or a size like "8GiB"; else what is wrong, in words."""
+    if not value.strip():
+        return None
+    try:
+        parse_size(value)
+    except ValueError as e:
+        return f"GPU memory limit: {e} (leave it empty for no limit)"
+    return None
 
 
 def load_settings(data_dir: Path) -> Settings:

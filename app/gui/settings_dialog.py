@@ -1,7 +1,9 @@
-"""The settings dialog: model and device (or a remote server), memory, sampling, system prompt, theme.
+"""The settings dialog: model and device (or a remote server), memory, sampling, system prompt, theme,
+and what the loaded model holds: its weights' formats (its quantization), KV cache and context.
 
 It edits a copy and hands back a new `Settings` on OK; the window decides what changing it means
-(a new engine for a new model or device, a new theme now, sampling from the next answer on).
+(a new engine for a new model, device or memory setting, a new theme now, sampling from the next
+answer on). The window also tells it what is loaded (`show_loaded`), now and whenever that changes.
 """
 from __future__ import annotations
 
@@ -13,10 +15,11 @@ from PySide6.QtWidgets import (QComboBox, QDialog, QDialogButtonBox, QDoubleSpin
                                QGroupBox, QHBoxLayout, QLabel, QLineEdit, QPlainTextEdit, QPushButton, QSpinBox,
                                QVBoxLayout, QWidget)
 
-from app import sampling
+from app import sampling, wording
 from app.backends import is_user_error, user_message
 from app.gui import heavy_imports
 from app.gui.background import Background
+from app.gui.engine_bridge import LOADING, READY
 from app.gui.settings import DEVICES, LOCAL_FILE_SOURCES, THEMES, Preset, Settings, load_presets
 
 log = logging.getLogger(__name__)
@@ -24,7 +27,11 @@ log = logging.getLogger(__name__)
 CUSTOM = "Custom"
 _SOURCES = [("bundled", "Bundled (SmolLM2-135M-Instruct)"), ("folder", "Hugging Face folder"), ("gguf", "GGUF file"),
             ("remote", "Remote server (OpenAI-compatible)")]
+_KV_DTYPES = [("auto", "Model's dtype"), ("fp8", "fp8 (twice the tokens per byte)")]
+_QUANTIZATIONS = [("none", "None (as the folder stores them)"), ("int8", "int8 (about half of bf16)"),
+                  ("int4", "int4 (about a third of bf16)")]
 CONNECTION_TEST_TIMEOUT_S = 10.0
+REMOTE_MEMORY = "Runs on the server: its quantization and memory are the server's, not Folio's to see."
 
 
 class SettingsDialog(QDialog):
@@ -73,7 +80,21 @@ class SettingsDialog(QDialog):
         self.kv_fraction = QDoubleSpinBox()
         self.kv_fraction.setRange(0.05, 1.0)
         self.kv_fraction.setSingleStep(0.05)
-        self.kv_fraction.setToolTip("Share of the GPU memory left after the weights that holds the KV cache")
+        self.kv_fraction.setToolTip("Share of the GPU memory left after the weights that holds the KV cache "
+                                    "(a GPU memory limit, when set, sizes it instead)")
+        self.memory_limit = QLineEdit(settings.gpu_memory_limit)
+        self.memory_limit.setPlaceholderText("no limit (e.g. 8GiB)")
+        self.memory_limit.setToolTip("Everything the engine allocates on the GPU stays inside this: weights, "
+                                     "KV cache, working memory. A model that cannot fit is refused with what it needs.")
+        self.kv_dtype = QComboBox()
+        for key, label in _KV_DTYPES:
+            self.kv_dtype.addItem(label, key)
+        self.kv_dtype.setToolTip("fp8 holds twice the tokens of context in the same memory, at a small cost in quality")
+        self.quantization = QComboBox()
+        for key, label in _QUANTIZATIONS:
+            self.quantization.addItem(label, key)
+        self.quantization.setToolTip("Quantize a Hugging Face folder's weights when loading it, so that it needs "
+                                     "less memory (a GGUF file keeps its own quantization)")
 
         self.temperature = QDoubleSpinBox()
         self.temperature.setRange(0.0, 2.0)
@@ -110,12 +131,22 @@ class SettingsDialog(QDialog):
         model_form.addRow("&Device:", self.device)
         model_form.addRow("&Context length:", self.context)
         model_form.addRow("&KV memory fraction:", self.kv_fraction)
+        model_form.addRow("GPU memory &limit:", self.memory_limit)
+        model_form.addRow("KV cache pr&ecision:", self.kv_dtype)
+        model_form.addRow("&Quantize at load:", self.quantization)
         self._model_form = model_form
-        self._local_rows = [path_row, self.device, self.context]
+        self._local_rows = [path_row, self.device, self.context, self.kv_dtype]
         self._remote_rows = [self.remote_url, self.remote_key, self.remote_model, self.test_result]
         note = QLabel("Changing these reloads the model in the background.")
         note.setObjectName("hint")
         model_form.addRow(note)
+        loaded_box = QGroupBox("Loaded now")
+        self._loaded_form = QFormLayout(loaded_box)
+        self.loaded_model, self.loaded_weights, self.loaded_kv, self.loaded_limit = (_info_label() for _ in range(4))
+        self._loaded_form.addRow("Model:", self.loaded_model)
+        self._loaded_form.addRow("Weights:", self.loaded_weights)
+        self._loaded_form.addRow("KV cache:", self.loaded_kv)
+        self._loaded_form.addRow("GPU memory limit:", self.loaded_limit)
         gen_box = QGroupBox("Answers")
         gen_form = QFormLayout(gen_box)
         gen_form.addRow("&Temperature:", self.temperature)
@@ -136,21 +167,26 @@ class SettingsDialog(QDialog):
         buttons.accepted.connect(self._accept)
         buttons.rejected.connect(self.reject)
         layout = QVBoxLayout(self)
-        for w in (model_box, gen_box, look_box, self.problem, buttons):
+        for w in (model_box, loaded_box, gen_box, look_box, self.problem, buttons):
             layout.addWidget(w)
 
         self._load(settings)
         self.source.currentIndexChanged.connect(self._update_source)
         self.device.currentIndexChanged.connect(self._update_source)
+        self.memory_limit.textChanged.connect(self._update_source)
         self.preset.currentIndexChanged.connect(self._preset_chosen)
         self.system.textChanged.connect(self._system_edited)
         self._update_source()
+        self.show_loaded("", "", False, {})
 
     def _load(self, s: Settings) -> None:
         self.source.setCurrentIndex(self.source.findData(s.model_source))
         self.device.setCurrentText(s.device)
         self.context.setValue(s.max_model_len)
         self.kv_fraction.setValue(s.kv_memory_fraction)
+        self.memory_limit.setText(s.gpu_memory_limit)
+        self.kv_dtype.setCurrentIndex(max(0, self.kv_dtype.findData(s.kv_cache_dtype)))
+        self.quantization.setCurrentIndex(max(0, self.quantization.findData(s.quantization)))
         self.temperature.setValue(s.temperature)
         self.top_p.setValue(s.top_p)
         self.max_tokens.setValue(s.max_tokens)
@@ -169,7 +205,9 @@ class SettingsDialog(QDialog):
                        remote_url=self.remote_url.text().strip(), remote_key=self.remote_key.text().strip(),
                        remote_model=self.remote_model.text().strip(),
                        device=self.device.currentText(), max_model_len=self.context.value(),
-                       kv_memory_fraction=round(self.kv_fraction.value(), 2), temperature=self.temperature.value(),
+                       kv_memory_fraction=round(self.kv_fraction.value(), 2),
+                       gpu_memory_limit=self.memory_limit.text().strip(), kv_cache_dtype=self.kv_dtype.currentData(),
+                       quantization=self.quantization.currentData(), temperature=self.temperature.value(),
                        top_p=self.top_p.value(), max_tokens=self.max_tokens.value(),
                        repetition_penalty=round(self.repetition_penalty.value(), 2), system_preset=preset,
                        system_prompt=system, theme=self.theme.currentText())
@@ -195,8 +233,32 @@ class SettingsDialog(QDialog):
         device = self.device.currentText()
         on_gpu = device == "cuda" or (device == "auto" and self.gpu_present)
         self._model_form.setRowVisible(self.kv_fraction, source != "remote" and on_gpu)
+        self._model_form.setRowVisible(self.memory_limit, source != "remote" and on_gpu)
+        self._model_form.setRowVisible(self.quantization, source == "folder")
+        self.kv_fraction.setEnabled(not self.memory_limit.text().strip())  # a limit sizes the KV pool itself
         self.path.setEnabled(source in LOCAL_FILE_SOURCES)
         self.browse.setEnabled(source in LOCAL_FILE_SOURCES)
+
+    # ------------------------------------------------------------------ what is loaded now
+
+    def show_loaded(self, state: str, description: str, remote: bool, info: dict) -> None:
+        """What the window's backend holds: `state` and `description` as the engine bridge says
+        them, `info` its `model_info()` (read once at load: nothing here waits)."""
+        if state == READY:
+            self.loaded_model.setText(description)
+        elif state == LOADING:
+            self.loaded_model.setText(f"Loading {description}…" if description else "Loading…")
+        else:
+            self.loaded_model.setText("No model loaded")
+        local = state == READY and bool(info)
+        self.loaded_weights.setText(wording.weights_summary(info) if local else
+                                    REMOTE_MEMORY if state == READY and remote else "")
+        self.loaded_kv.setText(wording.kv_summary(info) if local else "")
+        limit = wording.memory_limit_summary(info) if local else None
+        self.loaded_limit.setText(limit or "")
+        self._loaded_form.setRowVisible(self.loaded_weights, local or (state == READY and remote))
+        self._loaded_form.setRowVisible(self.loaded_kv, local)
+        self._loaded_form.setRowVisible(self.loaded_limit, limit is not None)
 
     # ------------------------------------------------------------------ "Test connection"
 
@@ -252,6 +314,14 @@ class SettingsDialog(QDialog):
         dialog.fileSelected.connect(self.path.setText)
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         dialog.open()
+
+
+def _info_label() -> QLabel:
+    label = QLabel()
+    label.setWordWrap(True)
+    label.setTextFormat(Qt.TextFormat.PlainText)  # a model's name is the user's file name, never markup
+    label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+    return label
 
 
 def _connection_test(url: str, key: str | None, model: str | None) -> str:

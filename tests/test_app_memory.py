@@ -1,0 +1,255 @@
+"""A model's quantization and memory in the app: the Settings fields for a GPU memory limit, the KV
+cache's precision and quantizing a folder at load (saved, validated, passed to the engine, and a
+reason to reload it), the dialog's "Loaded now" for the real bundled model, and the status bar's
+KV picture counted in tokens of context."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+from PySide6.QtCore import Qt
+
+from app.backends import LocalSpec
+from app.backends.remote import RemoteBackend
+from app.gui import engine_bridge
+from app.gui.engine_bridge import LOADING, READY
+from app.gui.kv_bar import KvIndicator
+from app.gui.settings import Settings, load_settings, save_settings
+from app.gui.settings_dialog import REMOTE_MEMORY, SettingsDialog
+from app.paths import settings_path
+from app.wording import memory_summary, size_text
+from app_fixtures import KV_BLOCKS, make_window, shared_backend  # noqa: F401 (fixtures)
+from app_fixtures import settings, type_and_send, wait_answer
+
+TIMEOUT_MS = 120_000
+GIB = 1 << 30
+
+
+# ---------------------------------------------------------------------------------- settings
+
+def test_memory_settings_round_trip_and_reach_the_engine_config(tmp_path):
+    from engine import EngineConfig
+
+    chosen = Settings(model_source="folder", model_path="/models/llama", gpu_memory_limit="8GiB",
+                      kv_cache_dtype="fp8", quantization="int4")
+    save_settings(tmp_path, chosen)
+    assert load_settings(tmp_path) == chosen
+    spec = chosen.backend_spec()
+    assert spec == LocalSpec.of("/models/llama", "auto", gpu_memory_limit=8 * GIB, kv_cache_dtype="fp8",
+                                quantization="int4")  # the limit sizes the KV pool: no fraction
+    config = EngineConfig(device="cpu", **dict(spec.config))  # what EngineThread(model, **config) builds
+    assert (config.gpu_memory_limit, config.kv_cache_dtype, config.quantization) == (8 * GIB, "fp8", "int4")
+
+    # every field that changes the engine changes the choice, so the window reloads the model
+    for change in (dict(gpu_memory_limit="6GiB"), dict(gpu_memory_limit=""), dict(kv_cache_dtype="auto"),
+                   dict(quantization="int8"), dict(quantization="none")):
+        assert replace(chosen, **change).backend_spec() != spec, change
+    # and nothing that leaves it as it is
+    assert replace(chosen, gpu_memory_limit=" 8 GiB ").backend_spec() == spec
+    assert replace(chosen, kv_memory_fraction=0.5).backend_spec() == spec  # under a limit it means nothing
+    on_cpu = replace(chosen, device="cpu")
+    assert dict(on_cpu.backend_spec().config) == {"kv_cache_dtype": "fp8", "quantization": "int4"}
+    # a GGUF file (and the bundled one) keeps its own quantization: the engine would refuse "int4"
+    assert "quantization" not in dict(replace(chosen, model_source="gguf", model_path="/m.gguf").backend_spec().config)
+    assert "quantization" not in dict(replace(chosen, model_source="bundled").backend_spec().config)
+    assert Settings().backend_spec() == LocalSpec.of(None, "auto", kv_memory_fraction=0.85)
+
+
+def test_a_hand_edited_bad_memory_setting_falls_back_alone(tmp_path):
+    save_settings(tmp_path, Settings(temperature=0.2, gpu_memory_limit="4GiB", kv_cache_dtype="fp8"))
+    raw = json.loads(settings_path(tmp_path).read_text())
+    raw.update(gpu_memory_limit="lots", kv_cache_dtype="fp4", quantization="int3")
+    settings_path(tmp_path).write_text(json.dumps(raw))
+    loaded = load_settings(tmp_path)
+    assert (loaded.gpu_memory_limit, loaded.kv_cache_dtype, loaded.quantization) == ("", "auto", "none")
+    assert loaded.temperature == 0.2  # the rest of the file is kept
+
+
+@pytest.mark.parametrize("text, why", [("lots", "must look like '8GiB'"), ("0", "must be positive"),
+                                       ("8 parsecs", "must look like '8GiB'")])
+def test_a_bad_memory_limit_is_named_in_words(text, why):
+    problems = Settings(gpu_memory_limit=text).problems()
+    assert len(problems) == 1 and problems[0].startswith("GPU memory limit:") and why in problems[0]
+    assert repr(text) in problems[0] and "empty for no limit" in problems[0]
+    with pytest.raises(ValueError):
+        Settings(gpu_memory_limit=text).backend_spec()
+
+
+def test_the_dialog_offers_each_memory_field_where_it_applies(qtbot):
+    dialog = SettingsDialog(Settings(device="cpu"))
+    qtbot.addWidget(dialog)
+    dialog.show()
+    assert dialog.kv_dtype.isVisible()          # fp8 KV works on the CPU too
+    assert not dialog.memory_limit.isVisible()  # a GPU limit means nothing on the CPU
+    assert not dialog.quantization.isVisible()  # the bundled GGUF keeps its own types
+    dialog.device.setCurrentText("cuda")
+    assert dialog.memory_limit.isVisible() and dialog.kv_fraction.isEnabled()
+    dialog.memory_limit.setText("8GiB")
+    assert not dialog.kv_fraction.isEnabled()   # the limit sizes the KV pool itself
+    dialog.source.setCurrentIndex(dialog.source.findData("folder"))
+    assert dialog.quantization.isVisible()
+    dialog.source.setCurrentIndex(dialog.source.findData("gguf"))
+    assert not dialog.quantization.isVisible()
+    dialog.source.setCurrentIndex(dialog.source.findData("remote"))
+    assert not (dialog.kv_dtype.isVisible() or dialog.memory_limit.isVisible() or dialog.quantization.isVisible())
+
+    dialog.source.setCurrentIndex(dialog.source.findData("folder"))
+    dialog.path.setText("/models/llama")
+    dialog.kv_dtype.setCurrentIndex(dialog.kv_dtype.findData("fp8"))
+    dialog.quantization.setCurrentIndex(dialog.quantization.findData("int8"))
+    chosen = dialog.result_settings()
+    assert (chosen.gpu_memory_limit, chosen.kv_cache_dtype, chosen.quantization) == ("8GiB", "fp8", "int8")
+    again = SettingsDialog(chosen)  # and a saved choice comes back into the fields
+    qtbot.addWidget(again)
+    assert again.result_settings() == chosen
+
+
+def test_a_bad_memory_limit_is_refused_in_the_dialog_and_nothing_is_lost(qtbot, make_window, tmp_path):
+    data = tmp_path / "data"
+    window = make_window(data_dir=data, settings=settings(device="cuda", gpu_memory_limit="6GiB"))
+    dialog = window.open_settings()
+    assert dialog.memory_limit.isVisible() and dialog.memory_limit.text() == "6GiB"
+    dialog.memory_limit.setText("lots")
+    dialog.temperature.setValue(0.5)
+    with qtbot.assertNotEmitted(dialog.accepted_settings):
+        qtbot.mouseClick(_ok_button(dialog), Qt.MouseButton.LeftButton)
+    assert dialog.isVisible() and dialog.problem.isVisible()
+    assert dialog.problem.text().startswith("GPU memory limit: a memory size must look like '8GiB'")
+    assert dialog.memory_limit.text() == "lots" and dialog.temperature.value() == 0.5  # the edits stay
+    assert window.settings.gpu_memory_limit == "6GiB" and window.settings.temperature == 0.0
+    assert not settings_path(data).exists()  # nothing saved
+
+    dialog.memory_limit.setText("6 GiB")  # the same limit, written another way: no reload
+    with qtbot.assertNotEmitted(window.bridge.stateChanged):
+        qtbot.mouseClick(_ok_button(dialog), Qt.MouseButton.LeftButton)
+    assert not dialog.isVisible()
+    assert window.settings.gpu_memory_limit == "6 GiB" and window.settings.temperature == 0.5
+    assert load_settings(data).gpu_memory_limit == "6 GiB"
+
+
+def _ok_button(dialog: SettingsDialog):
+    from PySide6.QtWidgets import QDialogButtonBox
+    return dialog.findChild(QDialogButtonBox).button(QDialogButtonBox.StandardButton.Ok)
+
+
+# ---------------------------------------------------------------------------------- what is loaded
+
+def _bundled_kv_bytes_per_token(itemsize: int) -> int:
+    """K and V of every layer for one token, from the bundled model's own config.json."""
+    from engine.loader import resolve_model
+    cfg = json.loads((resolve_model(None).folder / "config.json").read_text())
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    return 2 * cfg["num_hidden_layers"] * cfg["num_key_value_heads"] * head_dim * itemsize
+
+
+def test_the_dialog_shows_the_bundled_models_formats_and_context(qtbot, make_window, shared_backend):
+    window = make_window()
+    dialog = window.open_settings()
+    info = shared_backend.model_info()
+    assert info["context_tokens"] == KV_BLOCKS * 16
+    assert info["kv_bytes_per_token"] == _bundled_kv_bytes_per_token(4)  # fp32 on the CPU (conftest)
+    assert dialog.loaded_model.text() == shared_backend.describe() == "SmolLM2-135M-Instruct.Q4_1 on cpu"
+    # the CPU expands this small model's Q4_1 weights once at load, for speed
+    assert dialog.loaded_weights.text() == (f"fp32 {size_text(info['weight_bytes'])} "
+                                            "(the file's quantized weights, expanded at load for speed)")
+    assert dialog.loaded_kv.text() == f"fp32, 45 KiB/token · {size_text(info['kv_bytes'])} · 4,096 tokens of context"
+    assert not dialog.loaded_limit.isVisible()  # no GPU, no limit to speak of
+    dialog.reject()
+
+
+def test_choosing_an_fp8_kv_cache_reloads_the_engine_and_the_dialog_shows_it(qtbot, make_window, monkeypatch):
+    """Dialog -> Settings -> spec -> the real engine -> its memory report -> the dialog. The engine
+    is told to keep the file's weights packed (as a GPU does) and to keep a small pool."""
+    from engine.loader import bundled_model_path
+
+    opened = []
+
+    def open_small(spec):
+        opened.append(spec)
+        return open_backend(replace(spec, config=spec.config + (("dequantize_weights", False),
+                                                                ("num_kv_blocks", KV_BLOCKS))))
+
+    open_backend = engine_bridge.open_backend
+    monkeypatch.setattr(engine_bridge, "open_backend", open_small)
+    window = make_window()
+    dialog = window.open_settings()
+    dialog.kv_dtype.setCurrentIndex(dialog.kv_dtype.findData("fp8"))
+    qtbot.mouseClick(_ok_button(dialog), Qt.MouseButton.LeftButton)
+    assert window.bridge.state == LOADING and window.settings.kv_cache_dtype == "fp8"
+
+    dialog = window.open_settings()  # opened while loading: it follows the load
+    assert dialog.loaded_model.text().startswith("Loading") and not dialog.loaded_kv.isVisible()
+    qtbot.waitUntil(lambda: window.bridge.state == READY, timeout=TIMEOUT_MS)
+    assert [dict(s.config).get("kv_cache_dtype") for s in opened] == ["fp8"]
+    info = window.bridge.backend.model_info()
+    assert info["kv_dtype"] == "float8_e4m3fn" and info["kv_bytes_per_token"] == _bundled_kv_bytes_per_token(1)
+    assert dialog.loaded_kv.isVisible()
+    assert dialog.loaded_kv.text().startswith("fp8, 11 KiB/token · ")
+    assert dialog.loaded_kv.text().endswith(" · 4,096 tokens of context")
+    # kept packed: the file's own types, about the file's size (its tensors plus a small header)
+    weights = dialog.loaded_weights.text()
+    assert weights.startswith("Q4_1 ") and "(packed)" in weights
+    assert all(name in weights for name in info["weight_formats"] if name.startswith("Q"))
+    assert info["weight_bytes"] <= 1.10 * bundled_model_path().stat().st_size
+    assert weights.endswith(f" · {size_text(info['weight_bytes'])} in all")
+    assert window.bridge.backend.describe() in dialog.loaded_model.text()
+
+    type_and_send(qtbot, window.current_view(), "Hi!")  # and it answers
+    assert wait_answer(qtbot, window.current_view()).content
+
+
+def test_a_remote_models_memory_is_the_servers(qtbot, make_window, closed_port):
+    remote = RemoteBackend(f"http://127.0.0.1:{closed_port}/v1", model="llama-3")  # asks nothing until used
+    window = make_window(settings=settings(model_source="remote", remote_url=remote.base_url), backend=remote)
+    assert remote.model_info() == {} and memory_summary(remote.model_info()) == ""
+    dialog = window.open_settings()
+    assert dialog.loaded_model.text() == f"llama-3 at {remote.base_url}"
+    assert dialog.loaded_weights.text() == REMOTE_MEMORY
+    assert not dialog.loaded_kv.isVisible() and not dialog.loaded_limit.isVisible()
+    dialog.reject()
+    remote.shutdown()
+
+
+def test_the_memory_line_reads_as_a_person_would_say_it():
+    info = {"model": "/m/llama.Q4_K_M.gguf", "device": "cuda", "dequantized": False, "kv_dtype": "bfloat16",
+            "weight_formats": {"bfloat16": 1 << 20, "Q6_K": 160 << 20, "Q4_K": 612 << 20},
+            "weight_bytes": 773 << 20, "kv_bytes_per_token": 36 << 10, "kv_bytes": 43 * GIB,
+            "context_tokens": 1_234_567, "gpu_memory_limit": 8 * GIB, "quantization": None}
+    assert memory_summary(info) == ("Q4_K 612 MiB · Q6_K 160 MiB (packed) · bf16 1.0 MiB · 773 MiB in all · "
+                                    "KV bf16, 36 KiB/token · 43 GiB · 1,234,567 tokens of context · "
+                                    "GPU memory limit 8.0 GiB")
+    folder = {**info, "model": "/m/llama", "weight_formats": {"Q8_0": 1100 << 20}, "weight_bytes": 1100 << 20,
+              "quantization": "int8", "gpu_memory_limit": None, "kv_dtype": "float8_e4m3fn"}
+    assert memory_summary(folder).startswith("Q8_0 1.1 GiB (int8, quantized at load) · KV fp8, ")
+
+
+# ---------------------------------------------------------------------------------- the KV picture
+
+def test_the_kv_picture_counts_tokens_of_context(qtbot):
+    kv = KvIndicator()
+    qtbot.addWidget(kv)
+    kv.set_stats({"blocks_total": 6000, "blocks_used": 230, "blocks_shared": 30, "blocks_cached": 70,
+                  "blocks_free": 5770, "block_size": 16})
+    legend = kv.legend.text()
+    assert legend.startswith("3,680 of 96,000 tokens in use ")  # (30 shared + 200 used blocks) x 16
+    for count, kind in (("480", "shared"), ("3,200", "used"), ("1,120", "cached"), ("91,200", "free")):
+        assert f"</span> {count} {kind}" in legend
+    tip = kv.toolTip().splitlines()
+    assert tip[0] == "KV memory: 3,680 of 96,000 tokens in use" and tip[1] == "6,000 blocks of 16 tokens"
+    assert "cached for reuse: 1,120 tokens (70 blocks)" in tip
+    kv.set_stats({})  # before the first stats: an empty pool, not an error
+    assert kv.legend.text().startswith("0 of 0 tokens in use")
+
+
+def test_the_status_bar_counts_the_engines_tokens(qtbot, make_window):
+    window = make_window()
+    qtbot.waitUntil(lambda: "max_model_len" in window.bridge.last_stats, timeout=10_000)
+    assert f"of {KV_BLOCKS * 16:,} tokens in use" in window.kv.legend.text()  # 256 blocks of 16 tokens
+    type_and_send(qtbot, window.current_view(), "Name three colours.")
+    wait_answer(qtbot, window.current_view())
+    # the finished answer's full blocks stay cached for a prefix hit, and are counted as tokens
+    qtbot.waitUntil(lambda: window.bridge.last_stats.get("blocks_cached", 0) > 0, timeout=10_000)
+    cached = int(window.bridge.last_stats["blocks_cached"]) * 16  # the picture redraws with each stats
+    assert f"</span> {cached:,} cached" in window.kv.legend.text()
+    assert f"cached for reuse: {cached:,} tokens" in window.kv.toolTip()
