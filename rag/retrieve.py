@@ -1,11 +1,13 @@
 """Ranking chunks for a query: dense (MiniLM cosine), keyword (SQLite FTS5 BM25), or both fused.
 
-Hybrid fusion combines the two scores, not the two ranks. Every candidate either ranker proposes
-gets both of its scores (its cosine is computed from its stored vector, its BM25 from the index),
-BM25 is divided by the best BM25 among the candidates and cosine is rescaled over the candidates'
-range, and the fused score is a weighted sum. So a passage that one ranker finds by a wide margin
-keeps that margin: reciprocal-rank fusion gave a first place in one list 1/61 whatever the gap,
-and passages ranked mid-way in both lists beat it (issue 14, "the spare key for the shed").
+Hybrid fusion combines the two scores, not the two ranks (`fuse_scores`). Every candidate either
+ranker proposes gets both of its scores (its cosine from its stored vector, its BM25 from the
+index), so a passage one ranker finds by a wide margin keeps that margin: reciprocal-rank fusion
+gave a first place in one list 1/61 whatever the gap, and passages ranked mid-way in both lists
+beat it (issue 14, "the spare key for the shed"). The keyword query leaves out question words.
+
+A hit is shown as the passage around its chunk (`PASSAGE_CHARS`, within its page), and a chunk
+already shown whole inside a better hit's passage is skipped, so five hits are five passages.
 `python -m rag.eval` compares every mode on several document sets (see BENCHMARKS.md).
 """
 from __future__ import annotations
@@ -24,7 +26,8 @@ Mode = Literal["hybrid", "dense", "keyword", "rrf"]
 MODES: tuple[str, ...] = ("hybrid", "dense", "keyword", "rrf")
 RRF_K = 60
 CANDIDATES = 50       # each ranker proposes at least this many chunks (or 4 k) before fusion
-DENSE_WEIGHT = 0.5    # of the fused score; keyword gets the rest
+DENSE_WEIGHT = 0.7    # of the fused score; keyword gets the rest (0.5-0.8 measured, BENCHMARKS.md)
+PASSAGE_CHARS = 1000  # a hit is shown as this much text around the chunk that matched, as naive windows are
 _WORD = re.compile(r"\w+", re.UNICODE)
 # Words that say a question is being asked, not what it is about. Kept out of the keyword query, so
 # BM25 does not reward a passage for "how" and "do"; a question made only of them keeps them all.
@@ -74,15 +77,22 @@ def fuse_scores(cosine: dict[int, float], bm25: dict[int, float],
                 dense_weight: float = DENSE_WEIGHT) -> list[tuple[int, float]]:
     """Score fusion over the same candidates: `cosine` and `bm25` hold every candidate (BM25 0
     where no query word occurs). Each ranker's scores become standard scores over the candidates,
-    so a ranker's top counts by how far it stands out from the rest: a decisive first place stays
-    decisive, and a ranker whose scores are flat moves little. Ties go to the better cosine."""
+    so a passage counts by how far it stands out from the rest. BM25 may only promote: below its
+    mean it adds nothing, so passages that share few words with a paraphrased question are not
+    pushed down. And each ranker's first place gets a bonus of its lead over its second, so a
+    decisive match (BM25 23.7 against 10.8) stays ahead of passages that are middling in both.
+    Ties go to the better cosine."""
     if not cosine:
         return []
     ids = list(cosine)
     dense = _standard([cosine[i] for i in ids])
-    keyword = _standard([bm25.get(i, 0.0) for i in ids])
-    fused = {i: dense_weight * d + (1.0 - dense_weight) * w for i, d, w in zip(ids, dense, keyword)}
-    return sorted(fused.items(), key=lambda kv: (-kv[1], -cosine[kv[0]], kv[0]))
+    keyword = np.maximum(_standard([bm25.get(i, 0.0) for i in ids]), 0.0)
+    fused = dense_weight * dense + (1.0 - dense_weight) * keyword
+    for weight, scores in ((dense_weight, dense), (1.0 - dense_weight, keyword)):
+        if len(scores) > 1:
+            first, second = np.argsort(-scores, kind="stable")[:2]
+            fused[first] += weight * (scores[first] - scores[second])
+    return sorted(zip(ids, fused.tolist()), key=lambda kv: (-kv[1], -cosine[kv[0]], kv[0]))
 
 
 def _standard(values: list[float]) -> np.ndarray:
@@ -113,13 +123,19 @@ def search(store: Store, embed: Callable[[list[str]], np.ndarray], query: str, k
         ranked = fuse([[i for i, _ in keyword], [i for i, _ in dense]])
     else:
         ranked = dense or keyword
-    chunks = store.chunks([i for i, _ in ranked[:4 * k]])
-    hits = []
+    chunks = store.chunks([i for i, _ in ranked[:8 * k]])
+    hits: list[Hit] = []
     for chunk_id, score in ranked:
         c = chunks.get(chunk_id)
         if c is None:  # a document still being indexed, or being removed
             continue
-        hits.append(Hit(c.source, c.page, c.text, score, c.doc_id, c.chunk_index, c.section, c.start, c.end,
+        if any(h.doc_id == c.doc_id and h.start <= c.start and c.end <= h.end for h in hits):
+            continue  # already shown whole in a better hit's passage
+        try:
+            start, end, text = store.passage(c.doc_id, c.start, c.end, c.page, PASSAGE_CHARS)
+        except KeyError:  # removed meanwhile
+            continue
+        hits.append(Hit(c.source, c.page, text, score, c.doc_id, c.chunk_index, c.section, start, end,
                         similarity.get(chunk_id)))
         if len(hits) == k:
             break

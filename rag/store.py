@@ -160,6 +160,29 @@ class Store:
 
     # ------------------------------------------------------------------ search
 
+    def passage(self, doc_id: str, start: int, end: int, page: int | None, chars: int) -> tuple[int, int, str]:
+        """The document text around [start, end): about `chars` characters centred on it (what
+        one side cannot use goes to the other), never past what its page's chunks cover, cut at
+        whitespace. Returns (start, end, text) with the text stripped."""
+        with self._lock:
+            low, high = self._db.execute("SELECT min(start), max(end) FROM chunks WHERE doc_id=? AND page IS ?",
+                                         (doc_id, page)).fetchone()
+            if low is None:
+                raise KeyError(doc_id)
+            room = max(0, chars - (end - start))
+            a = max(low, start - room // 2)
+            b = min(high, end + room - (start - a))
+            a = max(low, start - (room - (b - end)))
+            row = self._db.execute("SELECT substr(text, ?, ?) FROM documents WHERE doc_id=?",
+                                   (a + 1, b - a, doc_id)).fetchone()
+        text = row[0] if row else ""
+        head = 0 if a == start else next((i + 1 for i in range(start - a) if text[i].isspace()), start - a)
+        tail = len(text) if b == end else next((i for i in range(len(text) - 1, end - a - 1, -1)
+                                                 if text[i].isspace()), end - a)
+        piece = text[head:tail]
+        lead = len(piece) - len(piece.lstrip())
+        return a + head + lead, a + head + len(piece.rstrip()), piece.strip()
+
     def nearest(self, vector: np.ndarray, n: int, doc_ids: list[str] | None = None) -> list[tuple[int, float]]:
         """(chunk id, cosine similarity), best first."""
         total = self._vectors.count()
