@@ -6,5 +6,5 @@ from rag.library import FileResult, IndexProgress, IndexReport, Library
 from rag.retrieve import Hit
 from rag.store import DocumentInfo, LibraryError
 
-__all__ = ["DEFAULT_SYSTEM_PROMPT", "DocumentInfo", "Embedder", "FileResult", "Hit", "IndexProgress", "IndexReport", "Library",
-           "LibraryError", "Prompt", "Source", "build_prompt", "cited_sources"]
+__all__ = ["DEFAULT_SYSTEM_PROMPT", "DocumentInfo", "Embedder", "FileResult", "Hit", "IndexProgress", "IndexReport",
+           "Library", "LibraryError", "Prompt", "Source", "build_prompt", "cited_sources"]

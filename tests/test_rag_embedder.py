@@ -108,3 +108,27 @@ def test_indexing_on_the_new_path_stores_the_same_chunks_as_before(tmp_path):
     new_rows, new_vectors = stored["new"]
     assert len(old_rows) > 20 and new_rows == old_rows
     assert min(float(old_vectors[i] @ new_vectors[i]) for i in old_vectors) > 0.99
+
+
+def test_the_speed_benchmark_times_every_path_on_the_same_chunks(tmp_path, capsys):
+    """`python -m rag.eval --speed --quick`, as the lead runs it with `--device cuda` on a GPU host."""
+    import json
+
+    from rag.eval.retrieval import main
+    out = tmp_path / "speed.json"
+    assert main(["--speed", "--quick", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    if not report["chunks"]:
+        pytest.skip("no man pages on this machine")
+    names = [p["name"].split(":")[0] for p in report["paths"]]
+    assert names == ["issue 4", "cpu fp32", "cpu"]
+    assert all(p["chunks"] == report["chunks"] and p["chunks_per_s"] > 0 for p in report["paths"])
+    assert all(p["min_cosine_to_issue4"] > 0.99 for p in report["paths"])
+    assert report["end_to_end"]["chunks"] > 0 and report["end_to_end"]["ratio"] > 0
+    table = capsys.readouterr().out
+    assert "× issue 4" in table and "Whole-library indexing" in table
+
+    import torch
+    if not torch.cuda.is_available():
+        assert main(["--speed", "--quick", "--device", "cuda"]) == 2
+        assert "no CUDA device" in capsys.readouterr().err

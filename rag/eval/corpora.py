@@ -163,13 +163,13 @@ SETS: dict[str, EvalSet] = {s.name: s for s in (
          "login.defs.5", "useradd.8", "usermod.8", "ldconfig.8", "chroot.8", "sysctl.8", "glob.7", "hier.7",
          "ascii.7", "environ.7"),
         write_man,
-        quick_sources=("tar.1", "xargs.1", "crontab.5"), quick_distractors=("cp.1", "cpio.1", "at.1"),
+        quick_sources=("tar.1", "xargs.1", "sort.1", "uniq.1"), quick_distractors=("cp.1", "zip.1", "unzip.1"),
     ),
     EvalSet(
         "info", "GNU info manuals as plain text (long prose manuals)", "info.jsonl",
         ("diffutils", "libtasn1", "autosprintf", "rluserman", "libffi", "gpgrt"),
         write_info,
-        quick_sources=("gzip", "time"), quick_distractors=("bzip2",),
+        quick_sources=("gzip", "time", "bc"), quick_distractors=("ed",),
     ),
 )}
 

@@ -32,7 +32,7 @@ from rag.library import Library, search_text
 from rag.loaders import load_document
 
 QUICK_DOCUMENTS = 4
-END_TO_END_DOCUMENTS = 12
+END_TO_END_DOCUMENTS = 40
 
 
 class Issue4Embedder(Embedder):
