@@ -58,8 +58,11 @@ class Embedder:
 
     @property
     def model_name(self) -> str:
-        if self.model_path == bundled_model_path():
-            return BUNDLED_NAME
+        try:
+            if self.model_path == bundled_model_path():
+                return BUNDLED_NAME
+        except ImportError:  # a model folder given where the bundled package is not installed
+            pass
         return os.path.basename(self.model_path.rstrip("/\\"))
 
     @property
@@ -124,9 +127,10 @@ class Embedder:
             hf_logging.disable_progress_bar()  # a "Loading weights" bar is noise in a terminal app
             model = SentenceTransformer(self.model_path, device=device, local_files_only=True)
             precision = self._choose_precision(device)
-            if precision != "fp32":
-                import torch
-                model.to(torch.bfloat16 if precision == "bf16" else torch.float16)
+            import torch
+            # Always cast, fp32 too: transformers loads weights in the dtype they are stored in, so
+            # a model folder saved in fp16 would otherwise run in fp16 on a path that says fp32.
+            model.to({"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision])
             self._models[device], self._precisions[device] = model, precision
         return model
 

@@ -132,3 +132,73 @@ def test_the_speed_benchmark_times_every_path_on_the_same_chunks(tmp_path, capsy
     if not torch.cuda.is_available():
         assert main(["--speed", "--quick", "--device", "cuda"]) == 2
         assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_a_model_folder_saved_in_fp16_runs_in_the_precision_asked_for(tmp_path, fp32):
+    """transformers loads weights in their stored dtype; a path that says fp32 must run fp32."""
+    import torch
+    from rag.eval.speed import save_fp16_copy
+    folder = save_fp16_copy(tmp_path / "minilm-fp16")
+    copy = Embedder(str(folder), device="cpu", precision="fp32", batch_size=3)
+    assert copy.precision == "fp32" and {p.dtype for p in copy.model.parameters()} == {torch.float32}
+    assert copy.model_name == "minilm-fp16"
+    cosine = (copy.embed(TEXTS) * fp32.embed(TEXTS)).sum(axis=1)
+    assert cosine.min() > 0.999  # fp16 rounding of the weights only
+
+
+def test_speed_benchmark_falls_back_to_package_readmes_without_man_pages(tmp_path, monkeypatch, capsys):
+    """A bare GPU image has no man pages: the benchmark embeds package READMEs instead and says so,
+    and with nothing at all to embed it stops with a clear error, not a division by zero."""
+    from rag.eval import corpora, speed
+    from rag.eval.retrieval import main
+    monkeypatch.setattr(corpora, "MAN_ROOT", tmp_path / "no-man")
+    name, paths, texts = speed.corpus_chunks(tmp_path / "corpus", quick=True)
+    assert name == "packages" and len(paths) == speed.QUICK_DOCUMENTS and len(texts) >= len(paths)
+    assert all(p.suffix in (".md", ".rst", ".txt") for p in paths)
+
+    monkeypatch.setattr(corpora, "package_description", lambda name: None)
+    with pytest.raises(speed.NoCorpus):
+        speed.corpus_chunks(tmp_path / "empty", quick=True)
+    assert main(["--speed", "--quick"]) == 2
+    assert "no package READMEs" in capsys.readouterr().err
+    assert main(["--speed", "--model", str(tmp_path)]) == 2  # not a model folder
+    assert "modules.json" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--model", str(tmp_path)])  # --model is for --speed only
+
+
+needs_cuda = pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+
+
+@needs_cuda
+def test_on_the_gpu_vectors_agree_with_the_cpu_in_fp16_batches(fp32):
+    gpu = Embedder(device="cuda")
+    assert gpu.precision == "fp16" and gpu.batch_size == GPU_BATCH
+    texts = TEXTS * 60  # 420 texts: two batches of 256, the second ragged
+    vectors = gpu.embed(texts)
+    assert vectors.dtype == np.float32 and vectors.shape == (len(texts), 384)
+    cosine = (vectors * np.tile(fp32.embed(TEXTS), (60, 1))).sum(axis=1)
+    assert cosine.min() > 0.99
+
+
+@needs_cuda
+def test_batches_move_between_the_gpu_and_the_cpu_as_the_engine_comes_and_goes(fp32):
+    turns = iter([True, False, True])  # GPU, CPU (the engine answers), GPU
+
+    gpu = Embedder(device="cuda", batch_size=3, may_use_device=lambda: next(turns))
+    vectors = gpu.embed(TEXTS)
+    assert sorted(gpu._models) == ["cpu", "cuda"]
+    assert gpu._precisions["cuda"] == "fp16" and gpu._precisions["cpu"] in ("fp32", "bf16")
+    assert (vectors * fp32.embed(TEXTS)).sum(axis=1).min() > 0.99
+
+
+def test_the_speed_report_says_when_whole_library_indexing_was_not_run():
+    """Where chromadb is missing (a bare GPU image) the embedding table stands alone, and says why."""
+    from rag.eval.speed import PathSpeed, SpeedReport, format_speed
+    paths = [PathSpeed("issue 4", "cpu", "fp32", 64, 100, 10.0, 10.0, 1.0),
+             PathSpeed("cuda", "cuda", "fp16", 256, 100, 0.05, 2000.0, 0.9999)]
+    report = SpeedReport({"cpu": "x", "cpus": 16, "torch": "2"}, 100, 5000, paths, None, "packages",
+                         "minilm-fp16", "chromadb is not installed here: whole-library indexing not run")
+    table = format_speed(report)
+    assert "| cuda | cuda | fp16 | 256 | 2000.0 | 200.00× | 0.9999 |" in table
+    assert "of the packages corpus, model minilm-fp16" in table and "not run (chromadb is not installed" in table

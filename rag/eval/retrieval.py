@@ -401,10 +401,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--speed", action="store_true",
                         help="compare embedding paths on the same chunks instead (see rag/eval/speed.py)")
     parser.add_argument("--device", default=None, help="with --speed: also time this device, e.g. cuda")
+    parser.add_argument("--model", metavar="DIR", default=None,
+                        help="with --speed: a sentence-transformers folder instead of the bundled MiniLM package")
     args = parser.parse_args(argv)
     if args.speed:
         from rag.eval.speed import main as speed_main
-        return speed_main(quick=args.quick, device=args.device, json_out=args.json)
+        return speed_main(quick=args.quick, device=args.device, json_out=args.json, model_path=args.model)
+    if args.model is not None:
+        parser.error("--model goes with --speed (the eval always uses the bundled model)")
     for name in args.sets or SETS:
         try:
             load_qa(DATA / SETS[name].questions)
