@@ -106,3 +106,32 @@ def test_add_files_filters_documents_and_opens_in_the_documents_or_home_folder(q
     finally:
         dialog.reject()
         QApplication.processEvents()
+
+
+def test_the_library_leaves_the_gpu_to_the_engine_while_it_answers(qtbot, make_window, tmp_path, monkeypatch):
+    """Issue 14: the window's library asks the bridge before each embedding batch; the bridge says
+    busy only while a local engine on a GPU has an answer in flight, and the embedder the service
+    opens for itself asks exactly that."""
+    window = make_window()
+    bridge = window.bridge
+    assert window.library._engine_busy == bridge.answering_on_gpu
+    assert not bridge.answering_on_gpu()
+    monkeypatch.setattr(bridge, "_active", {1: object()})  # an answer in flight
+    assert not bridge.answering_on_gpu()                    # on the CPU: no GPU to leave
+    monkeypatch.setattr(bridge.backend, "device", "cuda")
+    assert bridge.answering_on_gpu()
+    monkeypatch.setattr(bridge, "_active", {})
+    assert not bridge.answering_on_gpu()
+
+    from app.gui.library_service import LibraryService
+    busy = [True]
+    service = LibraryService(tmp_path / "own-library", None, engine_busy=lambda: busy[0])
+    qtbot.waitUntil(lambda: service.library is not None or service.error is not None, timeout=120_000)
+    try:
+        assert service.error is None
+        may_use_gpu = service.library.embedder.may_use_device
+        assert may_use_gpu() is False
+        busy[0] = False
+        assert may_use_gpu() is True
+    finally:
+        service.shutdown()
