@@ -3,13 +3,20 @@
 The scheduler asks; this module answers with block ids and never touches tensors. Copies that
 copy-on-write needs are returned as (src, dst) block pairs for the runner to perform before
 the step's forward pass.
+
+Prefix-cache keys come from `PrefixHasher`: a prompt's keys are computed once, with array
+operations, when it is first looked up; a block filled by generated tokens gets its key when
+it is published. A hit is confirmed by tokens and parent chain (`BlockPool.match`).
 """
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
 
-from engine.block_pool import BlockPool, KVCacheBlock, hash_block
+import numpy as np
+
+from engine.block_pool import BlockPool
+from engine.prefix_hash import PrefixHasher
 from engine.sequence import Sequence
 
 
@@ -18,7 +25,7 @@ class PrefixHit:
     """The longest cached prefix of a sequence, and whether the block after it is being computed
     right now by another sequence (then waiting a step beats computing it twice)."""
 
-    blocks: list[KVCacheBlock]
+    blocks: np.ndarray  # block ids, int64
     next_block_pending: bool
 
     @property
@@ -27,34 +34,40 @@ class PrefixHit:
 
 
 class BlockManager:
-    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True) -> None:
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True,
+                 model_key: int = 0) -> None:
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
-        self.pool = BlockPool(num_blocks)
-        self._hashes: dict[int, list[bytes]] = {}  # seq_id -> chained hashes of its full blocks
+        self.pool = BlockPool(num_blocks, block_size)
+        self.hasher = PrefixHasher(block_size, model_key)
         self._num_committed: dict[int, int] = {}  # seq_id -> full blocks already published
-        self._pending: Counter[bytes] = Counter()  # hashes of full blocks allocated but not computed
-        self._pending_by_seq: dict[int, list[bytes]] = {}
+        self._pending: Counter[int] = Counter()  # keys of full blocks allocated but not computed
+        self._pending_by_seq: dict[int, list[int]] = {}
         self.num_queried_tokens = 0
         self.num_hit_tokens = 0
+        self._last_hit: tuple[list[int], np.ndarray, np.ndarray, np.ndarray] | None = None
 
     @property
     def num_blocks(self) -> int:
-        return len(self.pool.blocks)
+        return self.pool.num_blocks
 
     @property
     def num_free_blocks(self) -> int:
         return self.pool.num_free
 
-    def block_hashes(self, seq: Sequence) -> list[bytes]:
-        """Hashes of every full block of the sequence's known tokens, computed once each."""
-        hashes = self._hashes.setdefault(seq.seq_id, [])
-        tokens = seq.token_ids
+    def block_keys(self, seq: Sequence) -> list[int]:
+        """Keys of every full block of the sequence's known tokens, each computed once."""
+        keys = seq.block_keys
         bs = self.block_size
-        for i in range(len(hashes), len(tokens) // bs):
-            parent = hashes[i - 1] if i else None
-            hashes.append(hash_block(parent, tuple(tokens[i * bs:(i + 1) * bs])))
-        return hashes
+        full = seq.num_tokens // bs
+        if not keys and full:
+            keys[:], seq.hash_state = self.hasher.chain(seq.tokens_between(0, full * bs))
+        while len(keys) < full:
+            i = len(keys)
+            state = self.hasher.model_key if seq.hash_state is None else seq.hash_state
+            key, seq.hash_state = self.hasher.extend(state, seq.tokens_between(i * bs, (i + 1) * bs))
+            keys.append(key)
+        return keys
 
     def find_prefix(self, seq: Sequence) -> PrefixHit:
         """Longest run of cached full blocks that starts the sequence.
@@ -63,20 +76,34 @@ class BlockManager:
         prompt that is all full cached blocks recomputes its last block.
         """
         if not self.enable_prefix_caching:
-            return PrefixHit([], False)
-        hashes = self.block_hashes(seq)
+            return PrefixHit(np.zeros(0, dtype=np.int64), False)
+        keys = self.block_keys(seq)
         max_blocks = (seq.num_tokens - 1) // self.block_size
-        tokens = seq.token_ids
         bs = self.block_size
-        blocks: list[KVCacheBlock] = []
-        for i, h in enumerate(hashes[:max_blocks]):
-            block = self.pool.lookup(h, hashes[i - 1] if i else None, tuple(tokens[i * bs:(i + 1) * bs]))
-            if block is None:
-                break
-            blocks.append(block)
+        tokens = seq.tokens_between(0, max_blocks * bs).reshape(max_blocks, bs)
+        blocks = self._repeat_hit(keys, tokens, max_blocks)
+        if blocks is None:
+            blocks = self.pool.match(keys[:max_blocks], tokens)
+            self._last_hit = (keys[:len(blocks)], tokens[:len(blocks)], blocks, self.pool.gen[blocks])
         nxt = len(blocks)
-        pending = nxt < max_blocks and self._pending[hashes[nxt]] > 0
+        pending = nxt < max_blocks and self._pending[keys[nxt]] > 0
         return PrefixHit(blocks, pending)
+
+    def _repeat_hit(self, keys: list[int], tokens: np.ndarray, max_blocks: int) -> np.ndarray | None:
+        """The last hit again, when this sequence starts with the same keys and tokens and those
+        blocks are still cached as they were (chats arriving together over one document). None
+        when it does not apply; then the full match runs."""
+        if self._last_hit is None:
+            return None
+        hit_keys, hit_tokens, blocks, gens = self._last_hit
+        k = len(hit_keys)
+        if k == 0 or k > max_blocks or keys[:k] != hit_keys or not np.array_equal(tokens[:k], hit_tokens):
+            return None
+        if not (self.pool.is_cached[blocks].all() and np.array_equal(self.pool.gen[blocks], gens)):
+            return None
+        if k < max_blocks and keys[k] in self.pool.cached:  # it may go on further than the last one did
+            return None
+        return blocks
 
     def allocate(self, seq: Sequence, num_new_tokens: int, hit: PrefixHit | None = None) -> list[tuple[int, int]] | None:
         """Give `seq` room for `num_new_tokens` more tokens after its computed ones.
@@ -86,39 +113,39 @@ class BlockManager:
         pool is too small.
         """
         bs = self.block_size
-        hit_blocks = hit.blocks if hit is not None else []
-        if hit_blocks:
+        pool = self.pool
+        num_hit = hit.num_blocks if hit is not None else 0
+        if num_hit:
             assert not seq.block_table, "a prefix hit is only taken on admission"
-        num_computed = len(hit_blocks) * bs if hit_blocks else seq.num_computed_tokens
-        num_have = len(seq.block_table) + len(hit_blocks)
+        num_computed = num_hit * bs if num_hit else seq.num_computed_tokens
+        num_have = len(seq.block_table) + num_hit
         num_new_blocks = max(0, -(-(num_computed + num_new_tokens) // bs) - num_have)
         write_idx = num_computed // bs
-        cow = (
-            num_new_tokens > 0
-            and write_idx < len(seq.block_table)
-            and self.pool.blocks[seq.block_table[write_idx]].ref_cnt > 1
-        )
-        revived = sum(1 for b in hit_blocks if b.ref_cnt == 0)
-        if num_new_blocks + int(cow) + revived > self.pool.num_free:
+        cow = (num_new_tokens > 0 and write_idx < len(seq.block_table)
+               and pool.ref_cnt[seq.block_table[write_idx]] > 1)
+        revived = int((pool.ref_cnt[hit.blocks] == 0).sum()) if num_hit else 0
+        if num_new_blocks + int(cow) + revived > pool.num_free:
             return None
 
-        for block in hit_blocks:
-            self.pool.touch(block)
-        if hit_blocks:
-            seq.block_table = [b.block_id for b in hit_blocks]
+        if num_hit:
+            pool.touch(hit.blocks)
+            seq.block_table = hit.blocks.tolist()
             seq.num_computed_tokens = num_computed
+            self._num_committed[seq.seq_id] = num_hit  # published already: commit() starts after them
         if hit is not None:
             self.num_queried_tokens += seq.num_tokens
             self.num_hit_tokens += num_computed
         copies: list[tuple[int, int]] = []
         if cow:
-            old = self.pool.blocks[seq.block_table[write_idx]]
-            new = self.pool.allocate()
-            self.pool.release(old)
-            seq.block_table[write_idx] = new.block_id
-            copies.append((old.block_id, new.block_id))
+            old = seq.block_table[write_idx]
+            new = pool.allocate()[0]
+            pool.release([old])
+            seq.block_table[write_idx] = new
+            seq.table_version += 1
+            copies.append((old, new))
         first_new = len(seq.block_table)
-        seq.block_table.extend(self.pool.allocate().block_id for _ in range(num_new_blocks))
+        if num_new_blocks:
+            seq.block_table.extend(pool.allocate(num_new_blocks))
         self._mark_pending(seq, first_new)
         return copies
 
@@ -126,66 +153,62 @@ class BlockManager:
         """New blocks whose tokens are all known will become cached blocks once computed."""
         if not self.enable_prefix_caching:
             return
-        hashes = self.block_hashes(seq)
+        keys = self.block_keys(seq)
+        end = min(len(seq.block_table), len(keys))
+        if first_new >= end:
+            return
         mine = self._pending_by_seq.setdefault(seq.seq_id, [])
-        for i in range(first_new, min(len(seq.block_table), len(hashes))):
-            self._pending[hashes[i]] += 1
-            mine.append(hashes[i])
+        for key in keys[first_new:end]:
+            self._pending[key] += 1
+            mine.append(key)
 
     def commit(self, seq: Sequence) -> None:
-        """Publish the full blocks the last step finished computing, so later requests hit them."""
+        """Publish the full blocks whose KV is computed (or being written by a launched step) and
+        whose tokens are all known, so later requests hit them."""
         if not self.enable_prefix_caching:
             return
-        hashes = self.block_hashes(seq)
+        bs = self.block_size
         start = self._num_committed.get(seq.seq_id, 0)
-        end = min(seq.num_computed_tokens // self.block_size, len(hashes))
+        end = min(seq.num_computed_tokens, seq.num_tokens) // bs
         if end <= start:
             return
-        tokens = seq.token_ids
-        bs = self.block_size
-        mine = self._pending_by_seq.get(seq.seq_id, [])
+        keys = self.block_keys(seq)
+        table = seq.block_table
+        tokens = seq.tokens_between(start * bs, end * bs).reshape(end - start, bs)
+        mine = self._pending_by_seq.get(seq.seq_id)
         for i in range(start, end):
-            block = self.pool.blocks[seq.block_table[i]]
-            self.pool.cache(block, hashes[i], hashes[i - 1] if i else None, tuple(tokens[i * bs:(i + 1) * bs]))
-            if hashes[i] in mine:
-                mine.remove(hashes[i])
-                self._release_pending(hashes[i])
+            self.pool.cache(table[i], keys[i], table[i - 1] if i else -1, tokens[i - start])
+            if mine and mine[0] == keys[i]:
+                mine.pop(0)
+                self._release_pending(keys[i])
         self._num_committed[seq.seq_id] = end
 
     def free(self, seq: Sequence) -> None:
         """Return the sequence's blocks, tail first, so that eviction takes a request's tail
         before the prefix other requests are likelier to share."""
-        for block_id in reversed(seq.block_table):
-            self.pool.release(self.pool.blocks[block_id])
+        self.pool.release(seq.block_table[::-1])
         seq.block_table = []
-        for h in self._pending_by_seq.pop(seq.seq_id, []):
-            self._release_pending(h)
-        self._hashes.pop(seq.seq_id, None)
+        for key in self._pending_by_seq.pop(seq.seq_id, []):
+            self._release_pending(key)
         self._num_committed.pop(seq.seq_id, None)
 
     def fork(self, parent: Sequence, child: Sequence) -> None:
         """The child shares every block of the parent; the first write to a shared partial
         block copies it (see `allocate`)."""
-        for block_id in parent.block_table:
-            self.pool.touch(self.pool.blocks[block_id])
+        self.pool.touch(parent.block_table)
         child.block_table = list(parent.block_table)
         child.num_computed_tokens = parent.num_computed_tokens
+        child.block_keys = list(parent.block_keys)
+        child.hash_state = parent.hash_state
         self._num_committed[child.seq_id] = self._num_committed.get(parent.seq_id, 0)
 
-    def _release_pending(self, block_hash: bytes) -> None:
-        self._pending[block_hash] -= 1
-        if self._pending[block_hash] <= 0:
-            del self._pending[block_hash]
+    def _release_pending(self, key: int) -> None:
+        self._pending[key] -= 1
+        if self._pending[key] <= 0:
+            del self._pending[key]
 
     def stats(self) -> dict[str, float]:
-        blocks = self.pool.blocks
-        used = sum(1 for b in blocks if b.ref_cnt > 0)
-        return {
-            "blocks_total": len(blocks),
-            "blocks_used": used,
-            "blocks_shared": sum(1 for b in blocks if b.ref_cnt > 1),
-            "blocks_cached": sum(1 for b in blocks if b.ref_cnt == 0 and b.block_hash is not None),
-            "blocks_free": len(blocks) - used,
-            "block_size": self.block_size,
-            "prefix_hit_rate": self.num_hit_tokens / self.num_queried_tokens if self.num_queried_tokens else 0.0,
-        }
+        s: dict[str, float] = dict(self.pool.stats())
+        s["block_size"] = self.block_size
+        s["prefix_hit_rate"] = self.num_hit_tokens / self.num_queried_tokens if self.num_queried_tokens else 0.0
+        return s

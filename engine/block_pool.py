@@ -2,136 +2,168 @@
 
 Names and invariants follow vLLM v1's block pool:
 - a block with `ref_cnt == 0` sits in the free queue, whether or not it still caches a prefix;
-- a block in `cached` holds exactly the tokens its hash was made from (`token_ids`), after the
-  prefix whose hash is `parent_hash`;
-- taking a block from the free queue evicts its cached prefix first.
+- a cached block holds exactly the tokens `tokens[b]` after the prefix that ends in block
+  `parent[b]`, as that parent was when `b` was cached (`parent_gen[b] == gen[parent[b]]`);
+- taking a block from the free queue evicts its cached prefix first (and bumps its generation,
+  which invalidates every block cached after it).
+
+Blocks are integers and their state lives in arrays, so a prefix hit of hundreds of blocks is
+checked and referenced with a few array operations, not a Python loop per block. The free queue
+is a doubly linked list over block ids: append, popleft and remove from the middle are O(1).
 """
 from __future__ import annotations
 
-import hashlib
-from array import array
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 
-
-@dataclass(eq=False)
-class KVCacheBlock:
-    """One physical KV block. The hash fields are set only while it caches a full block."""
-
-    block_id: int
-    ref_cnt: int = 0
-    block_hash: bytes | None = None
-    parent_hash: bytes | None = None
-    token_ids: tuple[int, ...] | None = None
-    prev_free: KVCacheBlock | None = field(default=None, repr=False)
-    next_free: KVCacheBlock | None = field(default=None, repr=False)
+import numpy as np
 
 
 class FreeBlockQueue:
-    """Doubly linked list of free blocks, least recently freed first.
+    """Free block ids, least recently freed first, linked through two lists."""
 
-    A list with `remove` would be O(n) on every prefix hit; linking the blocks themselves
-    makes append, popleft and remove-from-the-middle all O(1).
-    """
-
-    def __init__(self, blocks: list[KVCacheBlock]) -> None:
-        self._head = KVCacheBlock(-1)
-        self._tail = KVCacheBlock(-1)
-        self._head.next_free = self._tail
-        self._tail.prev_free = self._head
+    def __init__(self, num_blocks: int) -> None:
+        self._head, self._tail = num_blocks, num_blocks + 1
+        self._next = [-1] * (num_blocks + 2)
+        self._prev = [-1] * (num_blocks + 2)
+        self._next[self._head], self._prev[self._tail] = self._tail, self._head
+        self._in = [False] * num_blocks
         self.num_free = 0
-        for block in blocks:
-            self.append(block)
+        for b in range(num_blocks):
+            self.append(b)
 
-    def append(self, block: KVCacheBlock) -> None:
-        last = self._tail.prev_free
-        assert last is not None and block.prev_free is None and block.next_free is None
-        last.next_free = block
-        block.prev_free = last
-        block.next_free = self._tail
-        self._tail.prev_free = block
+    def append(self, block: int) -> None:
+        assert not self._in[block], f"block {block} is free already"
+        last = self._prev[self._tail]
+        self._next[last], self._prev[block] = block, last
+        self._next[block], self._prev[self._tail] = self._tail, block
+        self._in[block] = True
         self.num_free += 1
 
-    def popleft(self) -> KVCacheBlock:
-        block = self._head.next_free
-        if block is None or block is self._tail:
+    def popleft(self) -> int:
+        block = self._next[self._head]
+        if block == self._tail:
             raise RuntimeError("no free KV blocks")
         self.remove(block)
         return block
 
-    def remove(self, block: KVCacheBlock) -> None:
-        prev, nxt = block.prev_free, block.next_free
-        assert prev is not None and nxt is not None, f"block {block.block_id} is not free"
-        prev.next_free = nxt
-        nxt.prev_free = prev
-        block.prev_free = block.next_free = None
+    def remove(self, block: int) -> None:
+        assert self._in[block], f"block {block} is not free"
+        prev, nxt = self._prev[block], self._next[block]
+        self._next[prev], self._prev[nxt] = nxt, prev
+        self._in[block] = False
         self.num_free -= 1
 
-    def __iter__(self):
-        block = self._head.next_free
-        while block is not None and block is not self._tail:
+    def __contains__(self, block: int) -> bool:
+        return self._in[block]
+
+    def __iter__(self) -> Iterator[int]:
+        block = self._next[self._head]
+        while block != self._tail:
             yield block
-            block = block.next_free
-
-
-def hash_block(parent_hash: bytes | None, token_ids: tuple[int, ...]) -> bytes:
-    """Chained hash: a block's key covers every token before it, so equal keys mean equal prefixes.
-    It is a 256-bit digest, not Python's 64-bit `hash`, and `BlockPool.lookup` still compares the
-    block's tokens and its parent's key."""
-    h = hashlib.blake2b(parent_hash or b"", digest_size=32)
-    h.update(array("q", token_ids).tobytes())
-    return h.digest()
+            block = self._next[block]
 
 
 class BlockPool:
-    def __init__(self, num_blocks: int) -> None:
-        self.blocks = [KVCacheBlock(i) for i in range(num_blocks)]
-        self.free_queue = FreeBlockQueue(self.blocks)
-        self.cached: dict[bytes, KVCacheBlock] = {}
+    def __init__(self, num_blocks: int, block_size: int) -> None:
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self.free_queue = FreeBlockQueue(num_blocks)
+        self.ref_cnt = np.zeros(num_blocks, dtype=np.int32)
+        self.is_cached = np.zeros(num_blocks, dtype=bool)
+        self.block_key = [0] * num_blocks
+        self.tokens = np.zeros((num_blocks, block_size), dtype=np.int64)
+        self.parent = np.full(num_blocks, -1, dtype=np.int64)
+        self.parent_gen = np.zeros(num_blocks, dtype=np.int64)
+        self.gen = np.zeros(num_blocks, dtype=np.int64)
+        self.cached: dict[int, int] = {}  # key -> block id
+        # Called with a cached block's id just before its content is dropped (the KV tiers keep it).
+        self.on_evict: Callable[[int], None] | None = None
 
     @property
     def num_free(self) -> int:
         return self.free_queue.num_free
 
-    def allocate(self) -> KVCacheBlock:
-        """Take the least recently freed block, evicting the prefix it cached."""
-        block = self.free_queue.popleft()
-        self._evict(block)
-        block.ref_cnt = 1
-        return block
+    def allocate(self, count: int = 1) -> list[int]:
+        """Take the `count` least recently freed blocks, evicting the prefixes they cached."""
+        if count > self.free_queue.num_free:
+            raise RuntimeError("no free KV blocks")
+        ids = [self.free_queue.popleft() for _ in range(count)]
+        for b in ids:
+            if self.is_cached[b]:
+                self._evict(b)
+        self.ref_cnt[ids] = 1
+        return ids
 
-    def touch(self, block: KVCacheBlock) -> None:
-        """Add a reference; a free (cached) block leaves the free queue."""
-        if block.ref_cnt == 0:
-            self.free_queue.remove(block)
-        block.ref_cnt += 1
-
-    def release(self, block: KVCacheBlock) -> None:
-        """Drop a reference; at zero the block becomes free but keeps its cached prefix."""
-        if block.ref_cnt <= 0:
-            raise RuntimeError(f"double free of KV block {block.block_id}")
-        block.ref_cnt -= 1
-        if block.ref_cnt == 0:
-            self.free_queue.append(block)
-
-    def lookup(self, block_hash: bytes, parent_hash: bytes | None, token_ids: tuple[int, ...]) -> KVCacheBlock | None:
-        block = self.cached.get(block_hash)
-        if block is None or block.token_ids != token_ids or block.parent_hash != parent_hash:
-            return None
-        return block
-
-    def cache(self, block: KVCacheBlock, block_hash: bytes, parent_hash: bytes | None,
-              token_ids: tuple[int, ...]) -> None:
-        """Publish a computed full block. The first block cached under a hash stays the one."""
-        if block.block_hash is not None or block_hash in self.cached:
+    def touch(self, ids: list[int] | np.ndarray) -> None:
+        """Add a reference to each (distinct) block; free (cached) ones leave the free queue."""
+        if not len(ids):
             return
-        block.block_hash = block_hash
-        block.parent_hash = parent_hash
-        block.token_ids = token_ids
-        self.cached[block_hash] = block
+        arr = np.asarray(ids)
+        for b in arr[self.ref_cnt[arr] == 0].tolist():
+            self.free_queue.remove(b)
+        self.ref_cnt[arr] += 1
 
-    def _evict(self, block: KVCacheBlock) -> None:
-        if block.block_hash is not None:
-            if self.cached.get(block.block_hash) is block:
-                del self.cached[block.block_hash]
-            block.block_hash = block.parent_hash = None
-            block.token_ids = None
+    def touch_one(self, block: int) -> None:
+        if self.ref_cnt[block] == 0:
+            self.free_queue.remove(block)
+        self.ref_cnt[block] += 1
+
+    def release(self, ids: list[int]) -> None:
+        """Drop a reference to each (distinct) block, in order; at zero a block becomes free, last
+        in the LRU order, but keeps its cached prefix."""
+        if not ids:
+            return
+        arr = np.asarray(ids)
+        if bool((self.ref_cnt[arr] <= 0).any()):
+            raise RuntimeError(f"double free of KV blocks {arr[self.ref_cnt[arr] <= 0].tolist()}")
+        self.ref_cnt[arr] -= 1
+        for b in arr[self.ref_cnt[arr] == 0].tolist():
+            self.free_queue.append(b)
+
+    def match(self, keys: list[int], tokens: np.ndarray) -> np.ndarray:
+        """The cached blocks holding the longest run of `keys` from the start, confirmed by their
+        tokens ([len(keys), block_size]) and their parent chain: a collision is no hit."""
+        found = list(map(self.cached.get, keys))
+        n = found.index(None) if None in found else len(found)
+        if n == 0:
+            return np.zeros(0, dtype=np.int64)
+        arr = np.array(found[:n], dtype=np.int64)
+        ok = (self.tokens[arr] == tokens[:n]).all(axis=1)
+        ok[0] &= self.parent[arr[0]] == -1
+        if n > 1:
+            ok[1:] &= (self.parent[arr[1:]] == arr[:-1]) & (self.parent_gen[arr[1:]] == self.gen[arr[:-1]])
+        if bool(ok.all()):
+            return arr
+        return arr[:int(np.argmin(ok))]
+
+    def cache(self, block: int, key: int, parent: int, tokens: np.ndarray) -> bool:
+        """Publish a computed full block under `key`, after block `parent` (-1 for the first).
+        The first block cached under a key stays the one; returns whether this one became it."""
+        if self.is_cached[block] or key in self.cached:
+            return False
+        self.is_cached[block] = True
+        self.block_key[block] = key
+        self.tokens[block] = tokens
+        self.parent[block] = parent
+        self.parent_gen[block] = self.gen[parent] if parent >= 0 else 0
+        self.cached[key] = block
+        return True
+
+    def _evict(self, block: int) -> None:
+        if self.on_evict is not None:
+            self.on_evict(block)
+        key = self.block_key[block]
+        if self.cached.get(key) == block:
+            del self.cached[key]
+        self.is_cached[block] = False
+        self.gen[block] += 1
+
+    def stats(self) -> dict[str, int]:
+        used = self.ref_cnt > 0
+        return {
+            "blocks_total": self.num_blocks,
+            "blocks_used": int(used.sum()),
+            "blocks_shared": int((self.ref_cnt > 1).sum()),
+            "blocks_cached": int((~used & self.is_cached).sum()),
+            "blocks_free": int((~used).sum()),
+        }

@@ -26,6 +26,20 @@ class EngineConfig:
     device: str = "auto"
     enable_prefix_caching: bool = True
     cuda_graphs: bool = True
+    # Weight-only quantization of a Hugging Face checkpoint at load: "int8" or "int4" (GGUF files
+    # are quantized already and keep their own types).
+    quantization: str | None = None
+    # "auto": the model dtype; "fp8": float8 e4m3, twice the tokens per byte.
+    kv_cache_dtype: str = "auto"
+    # Everything the engine allocates on the GPU stays under this ("8GiB", or bytes); None: the
+    # free memory, with kv_memory_fraction of what the weights leave for the KV pool.
+    gpu_memory_limit: str | int | None = None
+    # CPU: compute with the quantized weights dequantized once (fast) or packed (a quarter of the
+    # memory, dequantized per step). None: dequantized when the dense model fits easily in RAM.
+    dequantize_weights: bool | None = None
+    # Launch step N+1 before reading step N's tokens (see llm_engine). None: on where it wins,
+    # a GPU, whose work then overlaps the host's; off on the CPU, where both share the cores.
+    async_scheduling: bool | None = None
 
     def __post_init__(self) -> None:
         if self.block_size <= 0 or self.block_size & (self.block_size - 1):
@@ -43,5 +57,22 @@ class EngineConfig:
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.dtype is None:
-            self.dtype = torch.float32 if self.device == "cpu" else torch.bfloat16
+            if self.device == "cpu":
+                from engine.cpu_dtype import choose_cpu_dtype
+                self.dtype = choose_cpu_dtype()
+            else:
+                self.dtype = torch.bfloat16
+        if self.quantization not in (None, "int8", "int4"):
+            raise ValueError(f"quantization must be None, 'int8' or 'int4', got {self.quantization!r}")
+        if self.kv_cache_dtype not in ("auto", "fp8"):
+            raise ValueError(f"kv_cache_dtype must be 'auto' or 'fp8', got {self.kv_cache_dtype!r}")
+        if self.gpu_memory_limit is not None:
+            from engine.memory import parse_size
+            self.gpu_memory_limit = parse_size(self.gpu_memory_limit)
+        if self.async_scheduling is None:
+            self.async_scheduling = self.device != "cpu"
+
+    @property
+    def kv_dtype(self) -> torch.dtype:
+        return torch.float8_e4m3fn if self.kv_cache_dtype == "fp8" else self.dtype
 

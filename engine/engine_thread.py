@@ -184,7 +184,7 @@ class EngineThread:
                 return
             try:
                 ids = self.engine.tokenizer.prompt_ids(command.prompt)
-                self.engine.add_request(ids, command.params, handle.request_id)
+                self.engine.add_request(ids, command.params, handle.request_id, stream=True)
             except Exception as e:
                 handle._fail(e)
                 return

@@ -11,10 +11,12 @@ from engine.sampling_params import SamplingParams
 
 class LLM:
     """Runs batches to completion in the calling thread. `model` is None for the bundled
-    SmolLM2, a Hugging Face folder, or a .gguf file; `config` goes to `EngineConfig`."""
+    SmolLM2, a Hugging Face folder, or a .gguf file; `tokenizer` a folder, for a GGUF file that
+    carries no vocabulary; `config` goes to `EngineConfig` (quantization="int8", gpu_memory_limit=
+    "8GiB", kv_cache_dtype="fp8", ...)."""
 
-    def __init__(self, model: str | PathLike | None = None, **config) -> None:
-        self.engine = LLMEngine(model, **config)
+    def __init__(self, model: str | PathLike | None = None, tokenizer: str | PathLike | None = None, **config) -> None:
+        self.engine = LLMEngine(model, tokenizer, **config)
         self.tokenizer = self.engine.tokenizer
 
     def generate(self, prompts: Seq[str] | Seq[list[int]], params: SamplingParams | Seq[SamplingParams] | None = None) -> list[RequestOutput]:

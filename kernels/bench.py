@@ -5,8 +5,11 @@
 Shapes (batch B, context L): (1, 32k), (8, 16k), (32, 2k), (64, 4k), (256, 1k); 32 query heads,
 8 KV heads, head_dim 128, bf16, every sequence at the full L.
 
-- Ours: `paged_decode_attention_triton` over a paged cache (block size 16, block tables shuffled),
+- Ours: `decode_attention_triton` over a paged cache (block size 16, block tables shuffled),
   split-KV count from `decode_num_splits` unless `--num-splits` forces one; both kernels timed.
+  It takes the fused qkv projection, rotates and stores the new token and attends: here with an
+  identity rotation (cos 1, sin 0) and the new token's k and v equal to what the cache holds at
+  its position, so it attends over exactly the K/V that SDPA gets.
 - SDPA: `scaled_dot_product_attention` over the same K/V laid out contiguously, [B, Hkv, L, D],
   with `enable_gqa=True`, and over K/V repeated to [B, Hq, L, D]; each SDPA backend that accepts the
   call is timed and the fastest (layout, backend) is reported.
@@ -33,7 +36,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from kernels.decode_attention import (
-    decode_num_splits, decode_workspace, paged_decode_attention_ref, paged_decode_attention_triton)
+    decode_attention_triton, decode_num_splits, decode_workspace, paged_decode_attention_ref)
 
 SHAPES = [(1, 32768), (8, 16384), (32, 2048), (64, 4096), (256, 1024)]
 NUM_Q_HEADS, NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE = 32, 8, 128, 16
@@ -147,11 +150,20 @@ def bench_shape(batch: int, length: int, args: argparse.Namespace, flush: torch.
                                      d.context_lens, scale)
     splits = args.num_splits or decode_num_splits(batch, NUM_KV_HEADS, length, d.q.device)
     out = torch.empty_like(d.q)
-    workspace = decode_workspace(batch, NUM_Q_HEADS, HEAD_DIM, splits, d.q.device)
+    workspace = decode_workspace(batch, NUM_Q_HEADS, NUM_KV_HEADS, HEAD_DIM, splits, d.q.device)
+
+    last = d.block_tables[:, (length - 1) // BLOCK_SIZE].long() * BLOCK_SIZE + (length - 1) % BLOCK_SIZE
+    flat_k = d.k_cache.view(-1, NUM_KV_HEADS * HEAD_DIM)
+    flat_v = d.v_cache.view(-1, NUM_KV_HEADS * HEAD_DIM)
+    qkv = torch.cat([d.q.reshape(batch, -1), flat_k[last], flat_v[last]], dim=1)
+    cos = torch.ones(length, HEAD_DIM, device="cuda")
+    sin = torch.zeros(length, HEAD_DIM, device="cuda")
+    positions = (d.context_lens - 1).long()
 
     def ours() -> torch.Tensor:
-        return paged_decode_attention_triton(d.q, d.k_cache, d.v_cache, d.block_tables, d.context_lens, scale,
-                                             out=out, workspace=workspace, num_splits=splits)
+        return decode_attention_triton(qkv, positions, cos, sin, d.k_cache, d.v_cache, last, d.block_tables,
+                                       d.context_lens, scale, NUM_Q_HEADS, NUM_KV_HEADS, out=out,
+                                       workspace=workspace, num_splits=splits)
     ours_err = max_err(ours(), ref)
     ours_us = median_us(ours, args.iters, args.warmup, flush)
 

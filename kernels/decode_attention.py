@@ -1,56 +1,113 @@
-"""paged_decode_attention: one new query token per sequence against its paged KV."""
+"""Decode attention: one new token per sequence, straight from the fused qkv projection.
+
+`decode_attention` rotates the token's q and k (RoPE, and Qwen3's per-head norm), writes its k and
+v into the paged cache, and attends over the sequence's context, new token included, in one
+launch: the plain version needed a split, a norm, a rotation through `cat`, a store and the
+attention. With split-KV (few sequences, so few programs) each sequence's context is cut into
+partitions read in parallel, and the last program to finish combines them: still one launch.
+
+`paged_decode_attention_ref` is the attention alone, over what the cache holds. It is the CPU
+path, so it avoids copying: a sequence whose blocks form a few contiguous runs is read through
+views of the cache; only short contexts (where copying is cheaper than more matmuls) and scattered
+tables are gathered.
+"""
 from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 
 import torch
 
-from kernels._triton import attend_kv_tile, cdiv, check_attention_layout, dot_precision, jit, next_pow2, tl
+from kernels._triton import cdiv, dot_precision, jit, next_pow2, tl
+from kernels.rope import (head_rmsnorm_halves, rope_cos_sin, rope_store_kv_ref, rotate_halves, select_blocks,
+                          to_cache_tl)
 
 BLOCK_N = 64  # keys per inner iteration: one 16 KB K tile at head_dim 128 in 16 bits
-# Split-KV heuristics, first guesses until measured (`python -m kernels.bench --num-splits N`):
+# Split-KV heuristics (`python -m kernels.bench --num-splits N` measures others):
 WAVES = 2  # split until there are about this many programs per SM
-MIN_PARTITION = 512  # fewest keys per split: shorter partitions cost more in partials than they add in parallelism
+MIN_KEYS = 128  # fewest keys per split of one sequence: a shorter context uses fewer of its splits
 MAX_SPLITS = 64
-DECODE_GROUP = 8  # reference path: sequences padded together (sorted by length)
+DECODE_GROUP = 8  # CPU path: sequences padded together (sorted by length) when gathered
+VIEW_MIN_CONTEXT = 256  # CPU path: from this mean context on, views beat copying the rows
+MAX_RUNS = 4  # CPU path: a table in more contiguous runs than this is gathered instead
+
+
+# ----------------------------------------------------------------------------- CPU path / reference
+
+@dataclass
+class DecodePlan:
+    """How the CPU path reads each sequence's keys, worked out once per step for every layer.
+
+    `groups` are sequences read together after one gather ([rows], index of their blocks, longest
+    length); `runs` maps a sequence read through views to its (first block, blocks) runs."""
+
+    lens: list[int]
+    groups: list[tuple[list[int], torch.Tensor, int]]
+    runs: dict[int, list[tuple[int, int]]]
+
+
+def plan_decode(tables: list[list[int]], lens: list[int], block_size: int) -> DecodePlan:
+    views: dict[int, list[tuple[int, int]]] = {}
+    order = sorted(range(len(lens)), key=lens.__getitem__)
+    long = [i for i in order if lens[i] >= VIEW_MIN_CONTEXT]
+    for i in long:
+        blocks = tables[i][:cdiv(lens[i], block_size)]
+        runs = contiguous_runs(blocks)
+        if len(runs) <= MAX_RUNS:
+            views[i] = runs
+    gathered = [i for i in order if i not in views]
+    groups = []
+    for start in range(0, len(gathered), DECODE_GROUP):
+        rows = gathered[start:start + DECODE_GROUP]
+        longest = max(lens[r] for r in rows)
+        width = cdiv(longest, block_size)
+        index = torch.tensor([(tables[r][:width] + [0] * width)[:width] for r in rows], dtype=torch.long)
+        groups.append((rows, index.view(-1), longest))
+    return DecodePlan(lens, groups, views)
+
+
+def contiguous_runs(blocks: list[int]) -> list[tuple[int, int]]:
+    runs: list[tuple[int, int]] = []
+    for b in blocks:
+        if runs and runs[-1][0] + runs[-1][1] == b:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((b, 1))
+    return runs
 
 
 def paged_decode_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                                block_tables: torch.Tensor, context_lens: torch.Tensor,
-                               scale: float, out: torch.Tensor | None = None) -> torch.Tensor:
+                               scale: float, out: torch.Tensor | None = None,
+                               plan: DecodePlan | None = None) -> torch.Tensor:
     """q: [num_seqs, num_q_heads, head_dim]; caches: [num_blocks, block_size, num_kv_heads, head_dim];
     block_tables: [num_seqs, max_blocks] int32 (entries past a sequence's length are ignored);
     context_lens: [num_seqs] int32. Returns [num_seqs, num_q_heads, head_dim], in `out` if given.
-
-    Decode reads every live KV row once, so on the CPU the cost is memory traffic. Sequences are
-    taken in groups of similar length (sorted), so padding a group to its longest member copies
-    little; each group's blocks are gathered with one `index_select` (whole contiguous blocks), and
-    each KV head's query group is multiplied against the gathered rows in place (strided BLAS, no
-    transposed copies).
-    """
+    `plan` (from `plan_decode`) saves re-reading the tables in every layer."""
     out = torch.empty_like(q) if out is None else out
-    lens = context_lens.tolist()
-    order = sorted(range(len(lens)), key=lens.__getitem__)
-    for start in range(0, len(order), DECODE_GROUP):
-        rows = order[start:start + DECODE_GROUP]
+    if plan is None:
+        lens = context_lens.tolist()
+        tables = [row[:cdiv(n, k_cache.shape[1])] for row, n in zip(block_tables.tolist(), lens)]
+        plan = plan_decode(tables, lens, k_cache.shape[1])
+    for rows, index, longest in plan.groups:
         idx = torch.tensor(rows, device=q.device)
-        out[idx] = _decode_group(q[idx], k_cache, v_cache, block_tables[idx], context_lens[idx],
-                                 max(lens[r] for r in rows), scale)
+        lens = torch.tensor([plan.lens[r] for r in rows], device=q.device)
+        out[idx] = _decode_gathered(q[idx], k_cache, v_cache, index.to(q.device), lens, longest, scale)
+    for i, runs in plan.runs.items():
+        out[i] = _decode_views(q[i], k_cache, v_cache, runs, plan.lens[i], scale)
     return out
 
 
-def _decode_group(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
-                  context_lens: torch.Tensor, max_len: int, scale: float) -> torch.Tensor:
+def _decode_gathered(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, index: torch.Tensor,
+                     context_lens: torch.Tensor, max_len: int, scale: float) -> torch.Tensor:
     num_seqs, num_q_heads, head_dim = q.shape
     block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
     group = num_q_heads // num_kv_heads
-    num_blocks = -(-max_len // block_size)
-    length = num_blocks * block_size
-    table = block_tables[:, :num_blocks].reshape(-1).long().clamp_min(0)
-    k = k_cache.index_select(0, table).view(num_seqs, length, num_kv_heads, head_dim)
-    v = v_cache.index_select(0, table).view(num_seqs, length, num_kv_heads, head_dim)
-    pad = torch.arange(length, device=q.device)[None, :] >= context_lens[:, None].long()
+    length = index.numel() // num_seqs * block_size
+    k = select_blocks(k_cache, index).view(num_seqs, length, num_kv_heads, head_dim).to(q.dtype)
+    v = select_blocks(v_cache, index).view(num_seqs, length, num_kv_heads, head_dim).to(q.dtype)
+    pad = torch.arange(length, device=q.device)[None, :] >= context_lens[:, None]
     out = torch.empty_like(q)
     for h in range(num_kv_heads):
         heads = slice(h * group, (h + 1) * group)
@@ -61,82 +118,146 @@ def _decode_group(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     return out
 
 
-def paged_decode_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                                  block_tables: torch.Tensor, context_lens: torch.Tensor, scale: float,
-                                  out: torch.Tensor | None = None, *, workspace: torch.Tensor | None = None,
-                                  num_splits: int | None = None) -> torch.Tensor:
-    """Same contract as the reference; a sequence with context 0 (CUDA-graph padding) gets zeros.
+def _decode_views(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, runs: list[tuple[int, int]],
+                  length: int, scale: float) -> torch.Tensor:
+    """One sequence [Hq, D] over views of its contiguous block runs: no copy of its keys."""
+    num_q_heads, head_dim = q.shape
+    block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
+    qg = q.view(num_kv_heads, num_q_heads // num_kv_heads, head_dim)
+    segments, left = [], length
+    for first, count in runs:
+        n = min(left, count * block_size)
+        k = k_cache[first:first + count].view(-1, num_kv_heads, head_dim)[:n]
+        v = v_cache[first:first + count].view(-1, num_kv_heads, head_dim)[:n]
+        segments.append((k.to(q.dtype), v.to(q.dtype)))
+        left -= n
+    scores = torch.cat([torch.matmul(qg, k.permute(1, 2, 0)) for k, _ in segments], dim=-1).float() * scale
+    probs = torch.softmax(scores, dim=-1).to(q.dtype)
+    out, start = None, 0
+    for k, v in segments:
+        part = torch.matmul(probs[..., start:start + k.shape[0]], v.transpose(0, 1))
+        out = part if out is None else out + part
+        start += k.shape[0]
+    return out.reshape(num_q_heads, head_dim)
+
+
+def decode_attention_ref(qkv: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                         k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor,
+                         block_tables: torch.Tensor, context_lens: torch.Tensor, scale: float,
+                         num_q_heads: int, num_kv_heads: int, q_norm: torch.Tensor | None = None,
+                         k_norm: torch.Tensor | None = None, eps: float = 1e-6,
+                         out: torch.Tensor | None = None, plan: DecodePlan | None = None,
+                         table_rows: torch.Tensor | None = None) -> torch.Tensor:
+    """qkv: [num_seqs, (Hq + 2 Hkv) * D], one new token per sequence at `positions` (= context - 1),
+    stored at `slot_mapping`. Rotates it, stores its k and v, attends over context_lens tokens.
+    Returns [num_seqs, Hq, D]; rows with context 0 (padding) get zeros. `qkv` is left as it was."""
+    if table_rows is not None:
+        block_tables = block_tables[table_rows.long()]
+    q = rope_store_kv_ref(qkv.clone(), positions, cos, sin, k_cache, v_cache, slot_mapping,
+                          num_q_heads, num_kv_heads, q_norm, k_norm, eps)
+    out = torch.zeros_like(q) if out is None else out.zero_()
+    live = context_lens > 0
+    if bool(live.all()):
+        return paged_decode_attention_ref(q, k_cache, v_cache, block_tables, context_lens, scale, out, plan)
+    idx = live.nonzero().view(-1)
+    if idx.numel():
+        out[idx] = paged_decode_attention_ref(q[idx], k_cache, v_cache, block_tables[idx], context_lens[idx], scale)
+    return out
+
+
+# ----------------------------------------------------------------------------- Triton
+
+def decode_attention_triton(qkv: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                            k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor,
+                            block_tables: torch.Tensor, context_lens: torch.Tensor, scale: float,
+                            num_q_heads: int, num_kv_heads: int, q_norm: torch.Tensor | None = None,
+                            k_norm: torch.Tensor | None = None, eps: float = 1e-6,
+                            out: torch.Tensor | None = None, *, workspace: torch.Tensor | None = None,
+                            num_splits: int | None = None, table_rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Same contract as the reference; `qkv` is left as it was. With `table_rows`, sequence i's
+    block table is row `table_rows[i]` of `block_tables` (the persistent batch's tables).
 
     One program per (sequence, KV head, split) holds that KV head's query group as one tile, so
-    each K/V row is read once for the whole group. With several splits (flash-decoding) each
-    program covers one partition of the context and writes partial (acc, max, sum) rows to the
-    workspace, which a second kernel combines. Everything is sized from shapes, never from
-    `context_lens` values, so the call can be captured in a CUDA graph: pass `out`, and a
-    `workspace` allocated once outside the graph with `decode_workspace(..., decode_num_splits(...))`
-    for the graph's batch size and block-table width (a larger one is fine).
+    each K/V row is read once for the whole group. With several splits (few sequences), each
+    sequence's context is cut on the device into partitions of at least MIN_KEYS keys, as many as
+    its length allows; each program writes its partial (acc, max, sum) rows to the workspace and
+    counts itself done on an atomic counter, and the last of a sequence's programs combines the
+    partials and writes the output: one launch, whatever the split. The program whose partition
+    holds the new token rotates and stores its k and v and folds it in from registers. Grid and
+    split count depend on shapes only, so the call can be captured in a CUDA graph: pass `out`,
+    and a `workspace` from `decode_workspace` allocated outside the graph (a larger one is fine;
+    its counters start at zero and the kernel leaves them so).
     """
-    num_seqs, num_q_heads, head_dim = q.shape
-    _, block_size, num_kv_heads, _ = k_cache.shape
+    num_seqs = qkv.shape[0]
+    _, block_size, _, head_dim = k_cache.shape
     max_context = block_tables.shape[1] * block_size
     if num_splits is None:
-        num_splits = decode_num_splits(num_seqs, num_kv_heads, max_context, q.device)
-    out = torch.empty_like(q) if out is None else out
-    check_attention_layout(q, k_cache, v_cache, out)
+        num_splits = decode_num_splits(num_seqs, num_kv_heads, max_context, qkv.device)
+    if out is None:
+        out = torch.empty(num_seqs, num_q_heads, head_dim, dtype=qkv.dtype, device=qkv.device)
+    assert out.shape == (num_seqs, num_q_heads, head_dim) and out.stride(-1) == 1 and qkv.stride(1) == 1
+    assert k_cache.shape == v_cache.shape and k_cache.stride() == v_cache.stride() and k_cache.stride(-1) == 1
+    assert num_q_heads % num_kv_heads == 0 and cos.is_contiguous() and sin.is_contiguous()
     if num_seqs == 0:
         return out
-    partials = _partials(workspace, q, num_splits)
+    if workspace is None:
+        workspace = decode_workspace(num_seqs, num_q_heads, num_kv_heads, head_dim, num_splits, qkv.device)
+    partials, counters = workspace.view_for(num_seqs, num_q_heads, num_kv_heads, head_dim, num_splits)
     group = num_q_heads // num_kv_heads
-    partition = cdiv(cdiv(max_context, num_splits), BLOCK_N) * BLOCK_N
+    norm = q_norm is not None
     _decode_kernel[(num_seqs, num_kv_heads, num_splits)](
-        q, k_cache, v_cache, block_tables, context_lens, out, partials,
-        scale * math.log2(math.e), partition,
-        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        qkv, positions, cos, sin, k_cache, v_cache, slot_mapping, block_tables,
+        context_lens if table_rows is None else table_rows, context_lens, out, partials, counters,
+        q_norm if norm else cos, k_norm if norm else cos, eps, scale * math.log2(math.e), num_splits,
+        qkv.stride(0), cos.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0), block_tables.stride(1), out.stride(0), out.stride(1),
         partials.stride(0), partials.stride(1), partials.stride(2),
-        GROUP=group, GROUP_PAD=max(16, next_pow2(group)), HEAD_DIM=head_dim, BLOCK_D=next_pow2(head_dim),
-        BLOCK_SIZE=block_size, BLOCK_N=BLOCK_N, SPLIT=num_splits > 1, PRECISION=dot_precision(q.dtype),
-        num_warps=4, num_stages=2 if q.element_size() == 4 else 3,
+        NUM_Q=num_q_heads, NUM_KV=num_kv_heads, GROUP=group, GROUP_PAD=max(16, next_pow2(group)),
+        HALF=head_dim // 2, HALF_PAD=max(16, next_pow2(head_dim // 2)), BLOCK_D=max(16, next_pow2(head_dim)),
+        BLOCK_SIZE=block_size, BLOCK_N=BLOCK_N, MIN_KEYS=MIN_KEYS, SPLIT=num_splits > 1, QK_NORM=norm,
+        TABLE_ROWS=table_rows is not None, PRECISION=dot_precision(qkv.dtype), num_warps=4,
+        num_stages=2 if qkv.element_size() == 4 else 3,
     )
-    if num_splits > 1:
-        _decode_reduce_kernel[(num_seqs, num_q_heads)](
-            partials, out, num_splits, partials.stride(0), partials.stride(1), partials.stride(2),
-            out.stride(0), out.stride(1),
-            HEAD_DIM=head_dim, BLOCK_D=next_pow2(head_dim), SPLITS_PAD=next_pow2(num_splits), num_warps=4,
-        )
     return out
 
 
 def decode_num_splits(num_seqs: int, num_kv_heads: int, max_context: int, device: torch.device) -> int:
-    """How many partitions to split each context into, from shapes only (CUDA-graph safe).
+    """How many programs to give each (sequence, KV head), from shapes only (CUDA-graph safe).
 
-    Enough (sequence, KV head, split) programs for about WAVES per SM, as long as each partition of
-    the longest possible context keeps MIN_PARTITION keys. Under the interpreter (CPU tensors)
-    there are no SMs to fill: one split unless the caller forces more.
+    Enough (sequence, KV head, split) programs for about WAVES per SM, as long as the longest
+    possible context keeps MIN_KEYS keys a split. Under the interpreter (CPU tensors) there are no
+    SMs to fill: one split unless the caller forces more.
     """
     programs = num_seqs * num_kv_heads
     if device.type != "cuda" or programs == 0:
         return 1
     wanted = cdiv(WAVES * _sm_count(device), programs)
-    return max(1, min(wanted, max_context // MIN_PARTITION, MAX_SPLITS))
+    return max(1, min(wanted, max_context // MIN_KEYS, MAX_SPLITS))
 
 
-def decode_workspace(num_seqs: int, num_q_heads: int, head_dim: int, num_splits: int,
-                     device: torch.device) -> torch.Tensor:
-    """Scratch for split-KV partials, fp32 [num_seqs, num_q_heads, num_splits, head_dim + 2]:
-    each row is the unnormalized output, then the running max (log2 units), then the sum."""
-    return torch.empty(num_seqs, num_q_heads, num_splits, head_dim + 2, dtype=torch.float32, device=device)
+@dataclass
+class DecodeWorkspace:
+    """Scratch for split-KV: fp32 partials [num_seqs, num_q_heads, num_splits, head_dim + 2] (each
+    row the unnormalized output, then the running max in log2 units, then the sum), and one int32
+    counter per (sequence, KV head), zero between calls."""
+
+    partials: torch.Tensor
+    counters: torch.Tensor
+
+    def view_for(self, num_seqs: int, num_q_heads: int, num_kv_heads: int, head_dim: int,
+                 num_splits: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Views for one call (a graph may reuse a workspace sized for its largest batch)."""
+        need = num_seqs * num_q_heads * num_splits * (head_dim + 2)
+        assert self.partials.numel() >= need and self.counters.numel() >= num_seqs * num_kv_heads
+        partials = self.partials.view(-1)[:need].view(num_seqs, num_q_heads, num_splits, head_dim + 2)
+        return partials, self.counters[:num_seqs * num_kv_heads]
 
 
-def _partials(workspace: torch.Tensor | None, q: torch.Tensor, num_splits: int) -> torch.Tensor:
-    """The workspace viewed for this call (a graph may reuse a larger one), or a fresh one."""
-    num_seqs, num_q_heads, head_dim = q.shape
-    if num_splits == 1:
-        return q  # unused by the kernel, any pointer will do
-    if workspace is None:
-        return decode_workspace(num_seqs, num_q_heads, head_dim, num_splits, q.device)
-    need = num_seqs * num_q_heads * num_splits * (head_dim + 2)
-    assert workspace.dtype == torch.float32 and workspace.is_contiguous() and workspace.numel() >= need
-    return workspace.view(-1)[:need].view(num_seqs, num_q_heads, num_splits, head_dim + 2)
+def decode_workspace(num_seqs: int, num_q_heads: int, num_kv_heads: int, head_dim: int, num_splits: int,
+                     device: torch.device) -> DecodeWorkspace:
+    return DecodeWorkspace(
+        torch.empty(num_seqs, num_q_heads, max(num_splits, 1), head_dim + 2, dtype=torch.float32, device=device),
+        torch.zeros(num_seqs * num_kv_heads, dtype=torch.int32, device=device))
 
 
 @functools.cache
@@ -144,68 +265,141 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-@jit(do_not_specialize=("partition_size", "stride_bt_seq", "stride_p_seq", "stride_p_head", "stride_p_split"))
-def _decode_kernel(q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, context_lens_ptr, out_ptr, partials_ptr,
-                   qk_scale, partition_size,
-                   stride_q_seq, stride_q_head, stride_c_block, stride_c_slot, stride_c_head,
+@jit
+def _score_tile(q1, q2, k_cache_ptr, v_cache_ptr, table, pos, live, offs_h, offs_d, kv_head, m_i, l_i, acc,
+                qk_scale, stride_bt_block, stride_c_block, stride_c_slot, stride_c_head,
+                HALF: tl.constexpr, BLOCK_SIZE: tl.constexpr, PRECISION: tl.constexpr):
+    """One online-softmax step over cached positions `pos` (`live` masks the rest): k is read in
+    the same two halves as the rotated query, v whole."""
+    page = tl.load(table + (pos // BLOCK_SIZE) * stride_bt_block, mask=live, other=0).to(tl.int64)
+    rows = page * stride_c_block + (pos % BLOCK_SIZE) * stride_c_slot + kv_head * stride_c_head
+    half_mask = live[:, None] & (offs_h[None, :] < HALF)
+    k1 = tl.load(k_cache_ptr + rows[:, None] + offs_h[None, :], mask=half_mask, other=0.0).to(q1.dtype)
+    k2 = tl.load(k_cache_ptr + rows[:, None] + HALF + offs_h[None, :], mask=half_mask, other=0.0).to(q1.dtype)
+    v = tl.load(v_cache_ptr + rows[:, None] + offs_d[None, :], mask=live[:, None] & (offs_d[None, :] < 2 * HALF),
+                other=0.0).to(q1.dtype)
+    s = tl.dot(q1, tl.trans(k1), input_precision=PRECISION) + tl.dot(q2, tl.trans(k2), input_precision=PRECISION)
+    s = tl.where(live[None, :], s * qk_scale, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(s - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+    return m_new, l_i, acc
+
+
+@jit(do_not_specialize=("num_splits", "stride_bt_seq", "stride_p_seq", "stride_p_head", "stride_p_split"))
+def _decode_kernel(qkv_ptr, pos_ptr, cos_ptr, sin_ptr, k_cache_ptr, v_cache_ptr, slot_ptr, block_tables_ptr,
+                   table_rows_ptr, context_lens_ptr, out_ptr, partials_ptr, counters_ptr, q_norm_ptr, k_norm_ptr,
+                   eps, qk_scale, num_splits,
+                   stride_qkv, stride_cos, stride_c_block, stride_c_slot, stride_c_head,
                    stride_bt_seq, stride_bt_block, stride_o_seq, stride_o_head,
                    stride_p_seq, stride_p_head, stride_p_split,
-                   GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                   BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, PRECISION: tl.constexpr):
-    seq = tl.program_id(0)
+                   NUM_Q: tl.constexpr, NUM_KV: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
+                   HALF: tl.constexpr, HALF_PAD: tl.constexpr, BLOCK_D: tl.constexpr,
+                   BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, MIN_KEYS: tl.constexpr, SPLIT: tl.constexpr,
+                   QK_NORM: tl.constexpr, TABLE_ROWS: tl.constexpr, PRECISION: tl.constexpr):
+    seq = tl.program_id(0).to(tl.int64)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
+    dtype = qkv_ptr.dtype.element_ty
     context = tl.load(context_lens_ptr + seq)
-    lo = split * partition_size
-    hi = tl.minimum(context, lo + partition_size)
+    new_pos = context - 1  # the new token's position: it comes from registers, not the cache
+    # this sequence's partitions: at most num_splits, of at least MIN_KEYS keys, whole key tiles
+    used = tl.maximum(tl.minimum(num_splits, tl.cdiv(context, MIN_KEYS)), 1)
+    partition = tl.maximum(tl.cdiv(tl.cdiv(context, used), BLOCK_N) * BLOCK_N, BLOCK_N)
+    used = tl.cdiv(context, partition)  # partitions that hold keys (0 for an empty context)
+    lo = split * partition
+    hi = tl.minimum(context, lo + partition)
+    owns_new = (new_pos >= lo) & (new_pos < hi)
 
+    row = qkv_ptr + seq * stride_qkv
     offs_g = tl.arange(0, GROUP_PAD)
+    offs_h = tl.arange(0, HALF_PAD)
     offs_d = tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
-    heads = kv_head * GROUP + offs_g
-    tile_mask = (offs_g[:, None] < GROUP) & (offs_d[None, :] < HEAD_DIM)
-    q = tl.load(q_ptr + seq * stride_q_seq + heads[:, None] * stride_q_head + offs_d[None, :],
-                mask=tile_mask, other=0.0)
+    pos = tl.load(pos_ptr + seq).to(tl.int64)
+    c, s = rope_cos_sin(cos_ptr, sin_ptr, pos * stride_cos, offs_h, HALF, dtype)
+    q_mask = (offs_g[:, None] < GROUP) & (offs_h[None, :] < HALF)
+    q_base = row + (kv_head * GROUP + offs_g[:, None]) * (2 * HALF) + offs_h[None, :]
+    q1 = tl.load(q_base, mask=q_mask, other=0.0).to(tl.float32)
+    q2 = tl.load(q_base + HALF, mask=q_mask, other=0.0).to(tl.float32)
+    k_base = row + (NUM_Q + kv_head) * (2 * HALF) + offs_h[None, :]
+    k_mask = (offs_g[:, None] < 1) & (offs_h[None, :] < HALF)  # one row: the KV head's own
+    k1 = tl.load(k_base + offs_g[:, None] * 0, mask=k_mask, other=0.0).to(tl.float32)
+    k2 = tl.load(k_base + offs_g[:, None] * 0 + HALF, mask=k_mask, other=0.0).to(tl.float32)
+    if QK_NORM:
+        q1, q2 = head_rmsnorm_halves(q1, q2, q_norm_ptr, offs_h, eps, HALF, dtype)
+        k1, k2 = head_rmsnorm_halves(k1, k2, k_norm_ptr, offs_h, eps, HALF, dtype)
+    q1, q2 = rotate_halves(q1, q2, c, s, dtype)
+    k1, k2 = rotate_halves(k1, k2, c, s, dtype)
+    v_new = tl.load(row + (NUM_Q + NUM_KV + kv_head) * (2 * HALF) + offs_d, mask=offs_d < 2 * HALF, other=0.0)
+
+    slot = tl.load(slot_ptr + seq).to(tl.int64)
+    if owns_new & (slot >= 0):
+        dst = ((slot // BLOCK_SIZE) * stride_c_block + (slot % BLOCK_SIZE) * stride_c_slot
+               + kv_head * stride_c_head)
+        cache_dtype = k_cache_ptr.dtype.element_ty
+        tl.store(k_cache_ptr + dst + offs_g[:, None] * 0 + offs_h[None, :], to_cache_tl(k1, cache_dtype), mask=k_mask)
+        tl.store(k_cache_ptr + dst + HALF + offs_g[:, None] * 0 + offs_h[None, :], to_cache_tl(k2, cache_dtype),
+                 mask=k_mask)
+        tl.store(v_cache_ptr + dst + offs_d, to_cache_tl(v_new, cache_dtype), mask=offs_d < 2 * HALF)
 
     m_i = tl.full([GROUP_PAD], float("-inf"), tl.float32)
     l_i = tl.full([GROUP_PAD], 0.0, tl.float32)
     acc = tl.full([GROUP_PAD, BLOCK_D], 0.0, tl.float32)
-    table = block_tables_ptr + seq * stride_bt_seq
-    for start in range(lo, hi, BLOCK_N):
-        pos = start + offs_n
-        live = pos < hi
-        m_i, l_i, acc = attend_kv_tile(q, k_cache_ptr, v_cache_ptr, table, pos, live, live[None, :], offs_d, kv_head,
-                                       m_i, l_i, acc, qk_scale, stride_bt_block, stride_c_block, stride_c_slot,
-                                       stride_c_head, HEAD_DIM, BLOCK_SIZE, PRECISION)
+    table_row = tl.load(table_rows_ptr + seq).to(tl.int64) if TABLE_ROWS else seq
+    table = block_tables_ptr + table_row * stride_bt_seq
+    cached_hi = tl.minimum(hi, new_pos)
+    for start in range(lo, cached_hi, BLOCK_N):
+        pos_n = start + offs_n
+        m_i, l_i, acc = _score_tile(q1, q2, k_cache_ptr, v_cache_ptr, table, pos_n, pos_n < cached_hi, offs_h,
+                                    offs_d, kv_head, m_i, l_i, acc, qk_scale, stride_bt_block, stride_c_block,
+                                    stride_c_slot, stride_c_head, HALF, BLOCK_SIZE, PRECISION)
+    if owns_new:
+        # the new token: k1/k2 hold it in row 0 only; sum over that row for every query head
+        k1_row = tl.sum(k1.to(tl.float32), 0)
+        k2_row = tl.sum(k2.to(tl.float32), 0)
+        s_new = (tl.sum(q1.to(tl.float32) * k1_row[None, :], 1)
+                 + tl.sum(q2.to(tl.float32) * k2_row[None, :], 1)) * qk_scale
+        m_new = tl.maximum(m_i, s_new)
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s_new - m_new)
+        l_i = l_i * alpha + p
+        p_v = p.to(dtype).to(tl.float32)
+        acc = acc * alpha[:, None] + p_v[:, None] * v_new.to(tl.float32)[None, :]
+        m_i = m_new
 
+    heads = kv_head * GROUP + offs_g
+    tile_mask = (offs_g[:, None] < GROUP) & (offs_d[None, :] < 2 * HALF)
+    o_ptrs = out_ptr + seq * stride_o_seq + heads[:, None] * stride_o_head + offs_d[None, :]
     if SPLIT:
-        row = partials_ptr + seq * stride_p_seq + heads * stride_p_head + split * stride_p_split
-        tl.store(row[:, None] + offs_d[None, :], acc, mask=tile_mask)
-        tl.store(row + HEAD_DIM, m_i, mask=offs_g < GROUP)
-        tl.store(row + HEAD_DIM + 1, l_i, mask=offs_g < GROUP)
+        prows = partials_ptr + seq * stride_p_seq + heads * stride_p_head
+        if split < used:
+            prow = prows + split * stride_p_split
+            tl.store(prow[:, None] + offs_d[None, :], acc, mask=tile_mask)
+            tl.store(prow + 2 * HALF, m_i, mask=offs_g < GROUP)
+            tl.store(prow + 2 * HALF + 1, l_i, mask=offs_g < GROUP)
+        tl.debug_barrier()  # every thread's partial is written before this program counts itself done
+        done = tl.atomic_add(counters_ptr + seq * NUM_KV + kv_head, 1, sem="acq_rel", scope="gpu")
+        if done == num_splits - 1:  # the last of this sequence's programs: combine the partitions
+            m_all = tl.full([GROUP_PAD], float("-inf"), tl.float32)
+            l_all = tl.full([GROUP_PAD], 0.0, tl.float32)
+            acc_all = tl.full([GROUP_PAD, BLOCK_D], 0.0, tl.float32)
+            for part in range(0, used):
+                prow = prows + part * stride_p_split
+                m_s = tl.load(prow + 2 * HALF, mask=offs_g < GROUP, other=float("-inf"), cache_modifier=".cg")
+                l_s = tl.load(prow + 2 * HALF + 1, mask=offs_g < GROUP, other=0.0, cache_modifier=".cg")
+                a_s = tl.load(prow[:, None] + offs_d[None, :], mask=tile_mask, other=0.0, cache_modifier=".cg")
+                m_new = tl.maximum(m_all, m_s)
+                alpha = tl.exp2(m_all - m_new)
+                beta = tl.exp2(m_s - m_new)
+                l_all = l_all * alpha + l_s * beta
+                acc_all = acc_all * alpha[:, None] + a_s * beta[:, None]
+                m_all = m_new
+            o = acc_all / tl.where(l_all > 0, l_all, 1.0)[:, None]
+            tl.store(o_ptrs, o.to(out_ptr.dtype.element_ty), mask=tile_mask)
+            tl.atomic_xchg(counters_ptr + seq * NUM_KV + kv_head, 0, sem="relaxed")  # ready for the next call
     else:
         o = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
-        tl.store(out_ptr + seq * stride_o_seq + heads[:, None] * stride_o_head + offs_d[None, :],
-                 o.to(out_ptr.dtype.element_ty), mask=tile_mask)
-
-
-@jit(do_not_specialize=("num_splits", "stride_p_seq", "stride_p_head", "stride_p_split"))
-def _decode_reduce_kernel(partials_ptr, out_ptr, num_splits,
-                          stride_p_seq, stride_p_head, stride_p_split, stride_o_seq, stride_o_head,
-                          HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, SPLITS_PAD: tl.constexpr):
-    seq = tl.program_id(0)
-    head = tl.program_id(1)
-    offs_s = tl.arange(0, SPLITS_PAD)
-    offs_d = tl.arange(0, BLOCK_D)
-    live = offs_s < num_splits
-    rows = partials_ptr + seq * stride_p_seq + head * stride_p_head + offs_s * stride_p_split
-    m = tl.load(rows + HEAD_DIM, mask=live, other=float("-inf"))
-    l = tl.load(rows + HEAD_DIM + 1, mask=live, other=0.0)
-    m_max = tl.max(m, 0)
-    m_max = tl.where(m_max > float("-inf"), m_max, 0.0)  # all partitions empty: context 0
-    weight = tl.exp2(m - m_max)  # empty partitions (max -inf) weigh nothing
-    total = tl.sum(l * weight, 0)
-    acc = tl.load(rows[:, None] + offs_d[None, :], mask=live[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
-    o = tl.sum(acc * weight[:, None], 0) / tl.where(total > 0, total, 1.0)
-    tl.store(out_ptr + seq * stride_o_seq + head * stride_o_head + offs_d, o.to(out_ptr.dtype.element_ty),
-             mask=offs_d < HEAD_DIM)
+        tl.store(o_ptrs, o.to(out_ptr.dtype.element_ty), mask=tile_mask)

@@ -7,6 +7,7 @@ import math
 import torch
 
 from kernels._triton import attend_kv_tile, cdiv, check_attention_layout, dot_precision, jit, next_pow2, tl
+from kernels.rope import select_blocks
 
 ATTEND_CHUNK = 256  # query rows per matmul in the CPU path
 
@@ -20,30 +21,35 @@ def causal_mask(q_len: int, ctx_len: int, device: torch.device) -> torch.Tensor:
 def paged_prefill_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                                 cu_seqlens_q: torch.Tensor, context_lens: torch.Tensor,
                                 block_tables: torch.Tensor, scale: float,
-                                out: torch.Tensor | None = None) -> torch.Tensor:
+                                out: torch.Tensor | None = None, table_rows: torch.Tensor | None = None) -> torch.Tensor:
     """q: [num_tokens, num_q_heads, head_dim], packed per sequence by cu_seqlens_q [num_seqs + 1];
-    context_lens [num_seqs]: tokens in cache after this step (prefix + new), the new K/V already stored."""
+    context_lens [num_seqs]: tokens in cache after this step (prefix + new), the new K/V already stored.
+    With `table_rows`, sequence i's block table is row `table_rows[i]` of `block_tables`."""
     out = torch.empty_like(q) if out is None else out
+    if table_rows is not None:
+        block_tables = block_tables[table_rows.long()]
     cu = cu_seqlens_q.tolist()
     ctx = context_lens.tolist()
     for i in range(len(ctx)):
         start, end, n = cu[i], cu[i + 1], ctx[i]
         k, v = gather_kv(k_cache, v_cache, block_tables[i], n)
-        out[start:end] = attend(q[start:end], k, v, scale)
+        out[start:end] = attend(q[start:end], k.to(q.dtype), v.to(q.dtype), scale)
     return out
 
 
 def paged_prefill_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                                    cu_seqlens_q: torch.Tensor, context_lens: torch.Tensor,
                                    block_tables: torch.Tensor, scale: float, out: torch.Tensor | None = None,
-                                   *, max_seqlen_q: int | None = None) -> torch.Tensor:
+                                   *, max_seqlen_q: int | None = None,
+                                   table_rows: torch.Tensor | None = None) -> torch.Tensor:
     """Same contract as the reference, FlashAttention-style: one program per (query tile of
     BLOCK_M new tokens, sequence, query head) streams the sequence's K/V through its block table
     in tiles of BLOCK_N keys with an online softmax, stopping at the tile's last visible key.
 
     The grid needs the longest query chunk. Without `max_seqlen_q` it is read from `cu_seqlens_q`
-    on the host, a device sync: fine for prefill, which is not captured in CUDA graphs; a caller
-    that knows the bound (the engine has its chunk lengths on the host) passes it and never syncs.
+    on the host, a device sync; a caller that knows the bound (the engine has its chunk lengths on
+    the host, a CUDA graph its token count) passes it and never syncs. With `table_rows`, sequence
+    i's block table is row `table_rows[i]` of `block_tables` (the persistent batch's tables).
     """
     num_tokens, num_q_heads, head_dim = q.shape
     _, block_size, num_kv_heads, _ = k_cache.shape
@@ -57,12 +63,14 @@ def paged_prefill_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cac
     wide = q.element_size() == 4  # fp32 tiles take twice the shared memory: halve them
     block_m, block_n = (32, 32) if wide else (64, 64)
     _prefill_kernel[(cdiv(max_seqlen_q, block_m), num_seqs, num_q_heads)](
-        q, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens, out,
+        q, k_cache, v_cache, block_tables, context_lens if table_rows is None else table_rows, cu_seqlens_q,
+        context_lens, out,
         scale * math.log2(math.e),
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0), block_tables.stride(1), out.stride(0), out.stride(1),
         GROUP=num_q_heads // num_kv_heads, HEAD_DIM=head_dim, BLOCK_D=next_pow2(head_dim),
-        BLOCK_SIZE=block_size, BLOCK_M=block_m, BLOCK_N=block_n, PRECISION=dot_precision(q.dtype),
+        BLOCK_SIZE=block_size, BLOCK_M=block_m, BLOCK_N=block_n, TABLE_ROWS=table_rows is not None,
+        PRECISION=dot_precision(q.dtype),
         num_warps=4, num_stages=2,
     )
     return out
@@ -73,8 +81,8 @@ def gather_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, block_table: torch.T
     """The first `length` K/V rows of one sequence, contiguous: [length, Hkv, D] each."""
     block_size, num_kv_heads, head_dim = k_cache.shape[1:]
     blocks = block_table[:-(-length // block_size)].long()
-    k = k_cache.index_select(0, blocks).view(-1, num_kv_heads, head_dim)[:length]
-    v = v_cache.index_select(0, blocks).view(-1, num_kv_heads, head_dim)[:length]
+    k = select_blocks(k_cache, blocks).view(-1, num_kv_heads, head_dim)[:length]
+    v = select_blocks(v_cache, blocks).view(-1, num_kv_heads, head_dim)[:length]
     return k, v
 
 
@@ -105,12 +113,13 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> t
 
 
 @jit(do_not_specialize=("stride_bt_seq",))
-def _prefill_kernel(q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, cu_seqlens_ptr, context_lens_ptr, out_ptr,
+def _prefill_kernel(q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, table_rows_ptr, cu_seqlens_ptr, context_lens_ptr,
+                    out_ptr,
                     qk_scale,
                     stride_q_tok, stride_q_head, stride_c_block, stride_c_slot, stride_c_head,
                     stride_bt_seq, stride_bt_block, stride_o_tok, stride_o_head,
                     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TABLE_ROWS: tl.constexpr, PRECISION: tl.constexpr):
     tile = tl.program_id(0)
     seq = tl.program_id(1)
     head = tl.program_id(2)
@@ -135,7 +144,8 @@ def _prefill_kernel(q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, cu_seqlen
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.full([BLOCK_M], 0.0, tl.float32)
     acc = tl.full([BLOCK_M, BLOCK_D], 0.0, tl.float32)
-    table = block_tables_ptr + seq * stride_bt_seq
+    table_row = tl.load(table_rows_ptr + seq).to(tl.int64) if TABLE_ROWS else seq
+    table = block_tables_ptr + table_row * stride_bt_seq
     for start in range(0, hi, BLOCK_N):
         pos = start + offs_n
         live = pos < hi

@@ -3,6 +3,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ.setdefault("FOLIO_CPU_DTYPE", "float32")  # token-exact against transformers in fp32
 
 import pytest
 import torch
@@ -39,14 +40,28 @@ def chat_prompts(tokenizer, count: int = 6) -> list[list[int]]:
 
 @pytest.fixture(scope="session")
 def bundled_folder():
+    """The bundled model's config and tokenizer (its weights stay in the GGUF file)."""
     from engine.loader import resolve_model
-    return resolve_model(None)
+    return resolve_model(None).folder
 
 
 @pytest.fixture(scope="session")
-def hf_model(bundled_folder):
-    from transformers import AutoModelForCausalLM
-    return AutoModelForCausalLM.from_pretrained(str(bundled_folder), dtype=torch.float32).eval()
+def hf_model():
+    """transformers on the bundled GGUF, with the tensors its own GGUF reader gives (it dequantizes
+    as gguf does: the weights we run)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    from engine.loader import bundled_model_path
+    path = bundled_model_path()
+    cfg = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(cfg)
+    tensors = load_gguf_checkpoint(str(path), return_tensors=True, model_to_load=skeleton)["tensors"]
+    model.load_state_dict({k: torch.as_tensor(v).float() for k, v in tensors.items()}, strict=False)
+    model.tie_weights()
+    return model.eval()
 
 
 def hf_greedy(model, prompt: list[int], max_new_tokens: int) -> list[int]:
@@ -91,3 +106,18 @@ def silent_port():
         sock.bind(("127.0.0.1", 0))
         sock.listen(4)
         yield sock.getsockname()[1]
+
+
+@pytest.fixture(params=[False, True], ids=["sync", "async"])
+def both_schedulers(request, monkeypatch):
+    """Run the test with synchronous steps and with asynchronous scheduling (a step launched
+    before the previous one's tokens are read), whatever the device's default."""
+    from engine.config import EngineConfig
+    post_init = EngineConfig.__post_init__
+
+    def with_mode(self):
+        if self.async_scheduling is None:
+            self.async_scheduling = request.param
+        post_init(self)
+    monkeypatch.setattr(EngineConfig, "__post_init__", with_mode)
+    return request.param

@@ -13,10 +13,11 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-import engine.block_manager as block_manager_module
-import engine.block_pool as block_pool_module
+import numpy as np
+
 from engine.block_manager import BlockManager
-from engine.block_pool import BlockPool, FreeBlockQueue, KVCacheBlock, hash_block
+from engine.block_pool import BlockPool, FreeBlockQueue
+from engine.prefix_hash import PrefixHasher
 from engine.sampling_params import SamplingParams
 from engine.sequence import Sequence
 
@@ -28,19 +29,30 @@ def make_seq(seq_id: int, tokens, output=()) -> Sequence:
 
 
 def chain_hashes(tokens, bs: int) -> list[int]:
-    hashes: list[int] = []
-    for i in range(len(tokens) // bs):
-        hashes.append(hash_block(hashes[-1] if hashes else None, tuple(tokens[i * bs:(i + 1) * bs])))
-    return hashes
+    return PrefixHasher(bs).chain(np.asarray(list(tokens), dtype=np.int64))[0]
 
 
 def queue_ids(pool: BlockPool) -> list[int]:
-    return [b.block_id for b in pool.free_queue]
+    return list(pool.free_queue)
+
+
+def toks(*values) -> np.ndarray:
+    return np.asarray(values, dtype=np.int64)
+
+
+class ConstantHasher(PrefixHasher):
+    """Every block gets the same key: only the token and parent checks tell blocks apart."""
+
+    def chain(self, tokens):
+        return [42] * (len(tokens) // self.block_size), 0
+
+    def extend(self, state, block_tokens):
+        return 42, 0
 
 
 def run_to_end(bm: BlockManager, seq: Sequence, hit=None, next_token: int | None = None) -> None:
     """Admit-or-extend `seq` for all its uncomputed tokens, compute them, commit, like one step."""
-    n = seq.num_tokens - (hit.num_blocks * bm.block_size if hit is not None and hit.blocks else seq.num_computed_tokens)
+    n = seq.num_tokens - (hit.num_blocks * bm.block_size if hit is not None and hit.num_blocks else seq.num_computed_tokens)
     assert bm.allocate(seq, n, hit) is not None
     seq.num_computed_tokens += n
     bm.commit(seq)
@@ -52,103 +64,114 @@ def run_to_end(bm: BlockManager, seq: Sequence, hit=None, next_token: int | None
 
 
 def test_free_queue_append_popleft_remove_order():
-    blocks = [KVCacheBlock(i) for i in range(6)]
-    q = FreeBlockQueue(blocks)
-    assert [b.block_id for b in q] == [0, 1, 2, 3, 4, 5]
+    q = FreeBlockQueue(6)
+    assert list(q) == [0, 1, 2, 3, 4, 5]
     assert q.num_free == 6
 
-    q.remove(blocks[2])  # from the middle
-    assert [b.block_id for b in q] == [0, 1, 3, 4, 5]
-    assert q.num_free == 5
-    # O(1) removal is by relinking the neighbours, and the removed block is unlinked
-    assert blocks[1].next_free is blocks[3] and blocks[3].prev_free is blocks[1]
-    assert blocks[2].prev_free is None and blocks[2].next_free is None
+    q.remove(2)  # from the middle
+    assert list(q) == [0, 1, 3, 4, 5]
+    assert q.num_free == 5 and 2 not in q and 3 in q
+    # O(1) removal is by relinking the neighbours
+    assert q._next[1] == 3 and q._prev[3] == 1
 
-    assert q.popleft() is blocks[0]
-    q.append(blocks[2])
-    q.append(blocks[0])
-    assert [b.block_id for b in q] == [1, 3, 4, 5, 2, 0]
+    assert q.popleft() == 0
+    q.append(2)
+    q.append(0)
+    assert list(q) == [1, 3, 4, 5, 2, 0]
 
-    q.remove(blocks[0])  # the tail
-    q.remove(blocks[1])  # the head
-    assert [b.block_id for b in q] == [3, 4, 5, 2]
+    q.remove(0)  # the tail
+    q.remove(1)  # the head
+    assert list(q) == [3, 4, 5, 2]
     assert q.num_free == 4
-    assert [q.popleft().block_id for _ in range(4)] == [3, 4, 5, 2]
+    assert [q.popleft() for _ in range(4)] == [3, 4, 5, 2]
     assert q.num_free == 0 and list(q) == []
     with pytest.raises(RuntimeError):
         q.popleft()
 
 
 def test_free_queue_rejects_removing_a_block_that_is_not_in_it():
-    blocks = [KVCacheBlock(i) for i in range(3)]
-    q = FreeBlockQueue(blocks)
-    q.remove(blocks[1])
+    q = FreeBlockQueue(3)
+    q.remove(1)
     with pytest.raises(AssertionError):
-        q.remove(blocks[1])
+        q.remove(1)
     with pytest.raises(AssertionError):
-        q.append(blocks[0])  # already queued: appending twice would corrupt the list
-    assert [b.block_id for b in q] == [0, 2] and q.num_free == 2
+        q.append(0)  # already queued: appending twice would corrupt the list
+    assert list(q) == [0, 2] and q.num_free == 2
 
 
 # --------------------------------------------------------------------------- BlockPool
 
 
 def test_pool_reuses_least_recently_freed_first():
-    pool = BlockPool(5)
-    blocks = [pool.allocate() for _ in range(5)]
-    assert [b.block_id for b in blocks] == [0, 1, 2, 3, 4]
-    assert pool.num_free == 0 and all(b.ref_cnt == 1 for b in blocks)
+    pool = BlockPool(5, 2)
+    blocks = pool.allocate(5)
+    assert blocks == [0, 1, 2, 3, 4]
+    assert pool.num_free == 0 and pool.ref_cnt.tolist() == [1] * 5
     for i in (3, 0, 4, 1):
-        pool.release(blocks[i])
+        pool.release([blocks[i]])
     assert queue_ids(pool) == [3, 0, 4, 1]
-    assert pool.allocate().block_id == 3
-    assert pool.allocate().block_id == 0
-    pool.release(blocks[2])
-    assert [pool.allocate().block_id for _ in range(3)] == [4, 1, 2]
+    assert pool.allocate() == [3]
+    assert pool.allocate() == [0]
+    pool.release([blocks[2]])
+    assert pool.allocate(3) == [4, 1, 2]
 
 
 def test_pool_release_of_a_free_block_is_a_double_free():
-    pool = BlockPool(2)
-    b = pool.allocate()
-    pool.release(b)
+    pool = BlockPool(2, 2)
+    (b,) = pool.allocate()
+    pool.release([b])
     with pytest.raises(RuntimeError, match="double free"):
-        pool.release(b)
-    assert pool.num_free == 2 and b.ref_cnt == 0
+        pool.release([b])
+    assert pool.num_free == 2 and pool.ref_cnt[b] == 0
 
 
-def test_pool_evicts_cached_hash_when_block_is_reallocated():
-    pool = BlockPool(3)
-    a, b, c = (pool.allocate() for _ in range(3))
-    pool.cache(a, 111, None, (1, 2))
-    pool.cache(b, 222, None, (3, 4))
-    for blk in (a, b, c):
-        pool.release(blk)
+def test_pool_evicts_cached_key_when_block_is_reallocated():
+    pool = BlockPool(3, 2)
+    a, b, c = pool.allocate(3)
+    assert pool.cache(a, 111, -1, toks(1, 2))
+    assert pool.cache(b, 222, -1, toks(3, 4))
+    pool.release([a, b, c])
     # free blocks keep their cached prefix
-    assert pool.lookup(111, None, (1, 2)) is a and pool.lookup(222, None, (3, 4)) is b
+    assert pool.match([111], toks(1, 2)[None]).tolist() == [a] and pool.match([222], toks(3, 4)[None]).tolist() == [b]
     assert pool.num_free == 3
 
-    # a hit revives a free cached block: it leaves the free queue and keeps its hash
-    pool.touch(b)
-    assert b.ref_cnt == 1 and queue_ids(pool) == [a.block_id, c.block_id]
+    # a hit revives a free cached block: it leaves the free queue and keeps its key
+    pool.touch([b])
+    assert pool.ref_cnt[b] == 1 and queue_ids(pool) == [a, c]
 
-    again = pool.allocate()  # least recently freed: a
-    assert again is a
-    assert a.block_hash is None and a.token_ids is None
-    assert 111 not in pool.cached and pool.lookup(111, None, (1, 2)) is None
+    gen_before = int(pool.gen[a])
+    assert pool.allocate() == [a]  # least recently freed
+    assert not pool.is_cached[a] and pool.gen[a] == gen_before + 1
+    assert 111 not in pool.cached and pool.match([111], toks(1, 2)[None]).tolist() == []
     assert pool.cached == {222: b}  # the revived block's prefix survives
-    assert pool.allocate() is c
+    assert pool.allocate() == [c]
     with pytest.raises(RuntimeError):
         pool.allocate()
 
 
-def test_pool_lookup_checks_tokens_and_first_cached_block_wins():
-    pool = BlockPool(2)
-    a, b = pool.allocate(), pool.allocate()
-    pool.cache(a, 7, None, (1, 2))
-    pool.cache(b, 7, None, (1, 2))  # same content computed twice: the first stays the cached one
-    assert pool.cached == {7: a} and b.block_hash is None
-    assert pool.lookup(7, None, (1, 2)) is a
-    assert pool.lookup(7, None, (1, 3)) is None  # same key, other tokens: a collision, not a hit
+def test_pool_match_checks_tokens_and_first_cached_block_wins():
+    pool = BlockPool(2, 2)
+    a, b = pool.allocate(2)
+    assert pool.cache(a, 7, -1, toks(1, 2))
+    assert not pool.cache(b, 7, -1, toks(1, 2))  # same content computed twice: the first stays the cached one
+    assert pool.cached == {7: a} and not pool.is_cached[b]
+    assert pool.match([7], toks(1, 2)[None]).tolist() == [a]
+    assert pool.match([7], toks(1, 3)[None]).tolist() == []  # same key, other tokens: a collision, not a hit
+
+
+def test_pool_match_refuses_a_child_whose_parent_was_evicted_and_reused():
+    """A cached block is valid only after the very prefix it was cached after: when its parent
+    block is evicted and reused for other tokens, the child no longer matches, even if the new
+    occupant is cached under the same key."""
+    pool = BlockPool(4, 2)
+    parent, child, other = pool.allocate(3)
+    pool.cache(parent, 1, -1, toks(1, 2))
+    pool.cache(child, 2, parent, toks(3, 4))
+    assert pool.match([1, 2], np.stack([toks(1, 2), toks(3, 4)])).tolist() == [parent, child]
+    pool.release([parent])
+    pool.allocate(2)  # takes the free block 3, then `parent`, evicting its prefix
+    pool.cache(parent, 1, -1, toks(1, 2))  # same key and tokens, recomputed into the same block
+    assert pool.match([1, 2], np.stack([toks(1, 2), toks(3, 4)])).tolist() == [parent]
 
 
 # --------------------------------------------------------------------------- prefix cache
@@ -159,26 +182,26 @@ def test_hashes_are_chained_over_full_blocks_only():
     bm = BlockManager(16, bs)
     tokens = list(range(10))  # two full blocks and a partial one
     seq = make_seq(0, tokens)
-    hashes = list(bm.block_hashes(seq))
+    hashes = list(bm.block_keys(seq))
     assert len(hashes) == 2
-    assert hashes[0] == hash_block(None, (0, 1, 2, 3))
-    assert hashes[1] == hash_block(hashes[0], (4, 5, 6, 7))
+    assert hashes == chain_hashes(range(8), bs)
+    assert chain_hashes([0, 1, 2, 3, 9, 9, 9, 9], bs)[0] == hashes[0]  # a key covers its prefix only
     # the same second block after a different first block has a different key
     other = make_seq(1, [9, 1, 2, 3, 4, 5, 6, 7, 8])
-    assert bm.block_hashes(other)[1] != hashes[1]
+    assert bm.block_keys(other)[1] != hashes[1]
 
     run_to_end(bm, seq, bm.find_prefix(seq))
     # the partial third block is computed but never published
     assert len(bm.pool.cached) == 2
-    assert {b.block_id for b in bm.pool.cached.values()} == set(seq.block_table[:2])
-    assert bm.pool.blocks[seq.block_table[2]].block_hash is None
+    assert set(bm.pool.cached.values()) == set(seq.block_table[:2])
+    assert not bm.pool.is_cached[seq.block_table[2]]
 
     # more tokens fill the third block: now it is published, chained to the second
     seq.output_token_ids.extend([10, 11])
     run_to_end(bm, seq)
-    h2 = hash_block(hashes[1], (8, 9, 10, 11))
-    assert bm.block_hashes(seq) == hashes + [h2]
-    assert bm.pool.cached[h2].block_id == seq.block_table[2]
+    h2 = chain_hashes(range(12), bs)[2]
+    assert bm.block_keys(seq) == hashes + [h2]
+    assert bm.pool.cached[h2] == seq.block_table[2]
 
 
 def test_prefix_hits_stop_at_first_mismatch():
@@ -190,55 +213,53 @@ def test_prefix_hits_stop_at_first_mismatch():
 
     same = make_seq(1, list(range(13)))
     hit = bm.find_prefix(same)
-    assert [b.block_id for b in hit.blocks] == a.block_table[:3]
+    assert hit.blocks.tolist() == a.block_table[:3]
     assert not hit.next_block_pending
 
     diverge_second = make_seq(2, [0, 1, 2, 3, 4, 5, 6, 99, 8, 9, 10, 11, 12])
-    assert [b.block_id for b in bm.find_prefix(diverge_second).blocks] == a.block_table[:1]
+    assert bm.find_prefix(diverge_second).blocks.tolist() == a.block_table[:1]
 
     diverge_first = make_seq(3, [99] + list(range(1, 13)))  # blocks 2 and 3 equal, prefix not
-    assert bm.find_prefix(diverge_first).blocks == []
+    assert bm.find_prefix(diverge_first).blocks.tolist() == []
 
     prefix_caching_off = BlockManager(32, bs, enable_prefix_caching=False)
     b = make_seq(4, list(range(13)))
     run_to_end(prefix_caching_off, b, prefix_caching_off.find_prefix(b))
     assert prefix_caching_off.pool.cached == {}
-    assert prefix_caching_off.find_prefix(make_seq(5, list(range(13)))).blocks == []
+    assert prefix_caching_off.find_prefix(make_seq(5, list(range(13)))).blocks.tolist() == []
 
 
-def test_hit_is_confirmed_by_tokens_under_hash_collision(monkeypatch):
-    """With every hash equal, only the token check tells blocks apart."""
-    monkeypatch.setattr(block_pool_module, "hash_block", lambda parent, tokens: 42)
-    monkeypatch.setattr(block_manager_module, "hash_block", lambda parent, tokens: 42)
+def test_hit_is_confirmed_by_tokens_under_hash_collision():
+    """With every key equal, only the token check tells blocks apart."""
     bs = 4
     bm = BlockManager(8, bs)
+    bm.hasher = ConstantHasher(bs)
     a = make_seq(0, [1, 2, 3, 4, 5])
     run_to_end(bm, a, bm.find_prefix(a))
     assert list(bm.pool.cached) == [42]
 
     b = make_seq(1, [9, 9, 9, 9, 5])  # same key, different tokens
     hit = bm.find_prefix(b)
-    assert hit.blocks == []
+    assert hit.blocks.tolist() == []
     assert bm.allocate(b, b.num_tokens, hit) == []
     assert b.num_computed_tokens == 0
     assert a.block_table[0] not in b.block_table
 
     c = make_seq(2, [1, 2, 3, 4, 7])  # same key, same tokens: a genuine hit
-    assert [blk.block_id for blk in bm.find_prefix(c).blocks] == a.block_table[:1]
+    assert bm.find_prefix(c).blocks.tolist() == a.block_table[:1]
 
 
-def test_hit_is_confirmed_by_whole_prefix_under_hash_collision(monkeypatch):
-    monkeypatch.setattr(block_pool_module, "hash_block", lambda parent, tokens: 42)
-    monkeypatch.setattr(block_manager_module, "hash_block", lambda parent, tokens: 42)
+def test_hit_is_confirmed_by_whole_prefix_under_hash_collision():
     bs = 4
     bm = BlockManager(8, bs)
+    bm.hasher = ConstantHasher(bs)
     a = make_seq(0, [1, 2, 3, 4, 5])
     run_to_end(bm, a, bm.find_prefix(a))
 
     # block 1 of `b` has the tokens of `a`'s block 0 but follows [1, 2, 3, 4]: its KV differs
     b = make_seq(1, [1, 2, 3, 4, 1, 2, 3, 4, 5])
     hit = bm.find_prefix(b)
-    assert [blk.block_id for blk in hit.blocks] == a.block_table[:1]
+    assert hit.blocks.tolist() == a.block_table[:1]
 
 
 def test_full_prompt_hit_leaves_last_block_to_compute():
@@ -246,25 +267,25 @@ def test_full_prompt_hit_leaves_last_block_to_compute():
     bm = BlockManager(8, bs)
     a = make_seq(0, list(range(8)))  # exactly two blocks
     hit = bm.find_prefix(a)
-    assert hit.blocks == []
+    assert hit.blocks.tolist() == []
     run_to_end(bm, a, hit)
     a_table = list(a.block_table)
     h0, h1 = chain_hashes(range(8), bs)
-    assert {h: b.block_id for h, b in bm.pool.cached.items()} == {h0: a_table[0], h1: a_table[1]}
+    assert bm.pool.cached == {h0: a_table[0], h1: a_table[1]}
 
     b = make_seq(1, list(range(8)))
     hit = bm.find_prefix(b)
-    assert [blk.block_id for blk in hit.blocks] == a_table[:1]  # not both: the last token needs logits
+    assert hit.blocks.tolist() == a_table[:1]  # not both: the last token needs logits
     free_before = bm.num_free_blocks
     assert bm.allocate(b, b.num_tokens - bs, hit) == []
     assert b.num_computed_tokens == 4
     assert b.block_table[0] == a_table[0] and b.block_table[1] != a_table[1]
     assert bm.num_free_blocks == free_before - 1  # the hit block was in use: only one fresh block
-    assert bm.pool.blocks[a_table[0]].ref_cnt == 2
+    assert bm.pool.ref_cnt[a_table[0]] == 2
 
     # one token past the boundary: both full blocks can be hit
     c = make_seq(2, list(range(8)) + [100])
-    assert [blk.block_id for blk in bm.find_prefix(c).blocks] == a_table
+    assert bm.find_prefix(c).blocks.tolist() == a_table
 
 
 def test_finished_sequence_tail_is_evicted_before_its_prefix():
@@ -286,7 +307,7 @@ def test_finished_sequence_tail_is_evicted_before_its_prefix():
     assert y.block_table == [table[2]]
     # the prefix of `a` is still there
     again = make_seq(3, list(range(14)))
-    assert [b.block_id for b in bm.find_prefix(again).blocks] == table[:2]
+    assert bm.find_prefix(again).blocks.tolist() == table[:2]
 
 
 # --------------------------------------------------------------------------- copy-on-write
@@ -309,8 +330,8 @@ def test_copy_on_write_of_shared_partial_last_block():
     p0, p1 = parent.block_table
     assert child.block_table == [p0, p1]
     assert child.num_computed_tokens == parent.num_computed_tokens == 6
-    refs = bm.pool.blocks
-    assert refs[p0].ref_cnt == 2 and refs[p1].ref_cnt == 2
+    refs = bm.pool.ref_cnt
+    assert refs[p0] == 2 and refs[p1] == 2
     free_before = bm.num_free_blocks
 
     copies = bm.allocate(child, 1)
@@ -319,7 +340,7 @@ def test_copy_on_write_of_shared_partial_last_block():
     assert src == p1 and dst not in (p0, p1)
     assert child.block_table == [p0, dst]  # only the written index changed
     assert parent.block_table == [p0, p1]
-    assert refs[p0].ref_cnt == 2 and refs[p1].ref_cnt == 1 and refs[dst].ref_cnt == 1
+    assert refs[p0] == 2 and refs[p1] == 1 and refs[dst] == 1
     assert bm.num_free_blocks == free_before - 1
 
     assert bm.allocate(parent, 1) == []  # the parent owns p1 alone now: no copy
@@ -328,7 +349,7 @@ def test_copy_on_write_of_shared_partial_last_block():
 
     bm.free(child)
     bm.free(parent)
-    assert bm.num_free_blocks == 8 and all(b.ref_cnt == 0 for b in refs)
+    assert bm.num_free_blocks == 8 and not refs.any()
 
 
 def test_copy_on_write_when_parent_writes_first_and_with_two_children():
@@ -338,7 +359,7 @@ def test_copy_on_write_when_parent_writes_first_and_with_two_children():
     child2 = make_seq(2, [1, 2, 3, 4, 5], output=[700])
     bm.fork(child, child2)  # all three share both blocks
     p0, p1 = child2.block_table
-    assert bm.pool.blocks[p1].ref_cnt == 3 and bm.pool.blocks[p0].ref_cnt == 3
+    assert bm.pool.ref_cnt[p1] == 3 and bm.pool.ref_cnt[p0] == 3
 
     (src, dst), = bm.allocate(parent, 1)
     assert src == p1 and parent.block_table == [p0, dst]
@@ -346,7 +367,7 @@ def test_copy_on_write_when_parent_writes_first_and_with_two_children():
     assert src2 == p1 and dst2 != dst and child2.block_table == [p0, dst2]
     assert bm.allocate(child, 1) == []  # the last holder writes in place
     assert child.block_table == [p0, p1]
-    assert [bm.pool.blocks[i].ref_cnt for i in (p0, p1, dst, dst2)] == [3, 1, 1, 1]
+    assert [bm.pool.ref_cnt[i] for i in (p0, p1, dst, dst2)] == [3, 1, 1, 1]
 
 
 def test_fork_at_block_boundary_needs_no_copy():
@@ -358,7 +379,7 @@ def test_fork_at_block_boundary_needs_no_copy():
     assert child.block_table[:2] == shared and len(child.block_table) == 3
     assert bm.allocate(parent, 1) == []
     assert parent.block_table[:2] == shared and parent.block_table[2] != child.block_table[2]
-    assert all(bm.pool.blocks[i].ref_cnt == 2 for i in shared)
+    assert all(bm.pool.ref_cnt[i] == 2 for i in shared)
 
 
 # --------------------------------------------------------------------------- allocation failure
@@ -368,8 +389,8 @@ def _snapshot(bm: BlockManager, *seqs: Sequence):
     return (
         bm.num_free_blocks,
         queue_ids(bm.pool),
-        [b.ref_cnt for b in bm.pool.blocks],
-        {h: b.block_id for h, b in bm.pool.cached.items()},
+        bm.pool.ref_cnt.tolist(),
+        dict(bm.pool.cached),
         [(list(s.block_table), s.num_computed_tokens) for s in seqs],
     )
 
@@ -397,13 +418,13 @@ def test_allocate_with_prefix_hit_too_big_changes_nothing():
     before = _snapshot(bm, b)
     assert bm.allocate(b, b.num_tokens - 2 * bs, hit) is None
     assert _snapshot(bm, b) == before
-    assert all(blk.ref_cnt == 0 for blk in hit.blocks)  # the hit blocks were not revived
+    assert all(bm.pool.ref_cnt[blk] == 0 for blk in hit.blocks)  # the hit blocks were not revived
     # and the same hit still works once the request fits
     c = make_seq(2, list(range(12)))
     hit_c = bm.find_prefix(c)
     assert hit_c.num_blocks == 2
     assert bm.allocate(c, 4, hit_c) == []
-    assert c.block_table[:2] == [blk.block_id for blk in hit.blocks]
+    assert c.block_table[:2] == hit.blocks.tolist()
 
 
 def test_allocate_needing_copy_on_write_without_room_changes_nothing():
@@ -469,18 +490,18 @@ class BlockManagerMachine(RuleBasedStateMachine):
         assert k * BS < seq.num_tokens, "a hit must leave at least the last token to compute"
         hashes = chain_hashes(tokens, BS)
         for i, blk in enumerate(hit.blocks):
-            assert blk.block_hash == hashes[i]
-            assert blk.token_ids == tuple(tokens[i * BS:(i + 1) * BS])
+            assert self.pool.block_key[blk] == hashes[i] and self.pool.is_cached[blk]
+            assert tuple(self.pool.tokens[blk].tolist()) == tuple(tokens[i * BS:(i + 1) * BS])
         n = min(chunk, seq.num_tokens - k * BS)
         before = _snapshot(self.bm, seq)
         copies = self.bm.allocate(seq, n, hit)
         if copies is None:
             assert _snapshot(self.bm, seq) == before
-            assert sum(1 for b in hit.blocks if b.ref_cnt == 0) + -(-(k * BS + n) // BS) - k > before[0]
+            assert sum(1 for b in hit.blocks if self.pool.ref_cnt[b] == 0) + -(-(k * BS + n) // BS) - k > before[0]
             return False
         assert copies == []
         assert seq.num_computed_tokens == k * BS
-        assert seq.block_table[:k] == [b.block_id for b in hit.blocks]
+        assert seq.block_table[:k] == hit.blocks.tolist()
         assert len(seq.block_table) == -(-(k * BS + n) // BS)
         self.live[seq.seq_id] = seq
         self.uncomputed[seq.seq_id] = n
@@ -490,10 +511,11 @@ class BlockManagerMachine(RuleBasedStateMachine):
         n = self.uncomputed[seq.seq_id]
         tokens = seq.token_ids
         for p in range(seq.num_computed_tokens, seq.num_computed_tokens + n):
-            block = self.pool.blocks[seq.block_table[p // BS]]
-            assert block.ref_cnt == 1, f"writing into block {block.block_id} shared {block.ref_cnt} ways"
-            assert block.block_hash is None, f"writing into cached block {block.block_id}"
-            self.content[block.block_id][p % BS] = tuple(tokens[:p + 1])
+            block = seq.block_table[p // BS]
+            refs = self.pool.ref_cnt[block]
+            assert refs == 1, f"writing into block {block} shared {refs} ways"
+            assert not self.pool.is_cached[block], f"writing into cached block {block}"
+            self.content[block][p % BS] = tuple(tokens[:p + 1])
         seq.num_computed_tokens += n
         self.uncomputed[seq.seq_id] = 0
         self.bm.commit(seq)
@@ -505,11 +527,11 @@ class BlockManagerMachine(RuleBasedStateMachine):
 
     def _free(self, seq: Sequence) -> None:
         table = list(seq.block_table)
-        refs = {i: self.pool.blocks[i].ref_cnt for i in table}
+        refs = {i: int(self.pool.ref_cnt[i]) for i in table}
         self.bm.free(seq)
         assert seq.block_table == []
         for i in table:
-            assert self.pool.blocks[i].ref_cnt == refs[i] - 1
+            assert self.pool.ref_cnt[i] == refs[i] - 1
         zeroed = [i for i in reversed(table) if refs[i] == 1]
         q = queue_ids(self.pool)
         assert q[len(q) - len(zeroed):] == zeroed, "freed blocks must join the queue tail first"
@@ -554,7 +576,7 @@ class BlockManagerMachine(RuleBasedStateMachine):
         old_table = before[4][0][0]
         for src, dst in copies:
             assert old_table[write_idx] == src and seq.block_table[write_idx] == dst
-            assert self.pool.blocks[src].ref_cnt >= 1 and self.pool.blocks[dst].ref_cnt == 1
+            assert self.pool.ref_cnt[src] >= 1 and self.pool.ref_cnt[dst] == 1
             self.content[dst] = list(self.content[src])
         expected = list(old_table)
         if copies:
@@ -576,11 +598,11 @@ class BlockManagerMachine(RuleBasedStateMachine):
                              if n == 0 and self.live[i].num_tokens - self.live[i].num_computed_tokens == 1], idx)
         child = make_seq(self.next_id, parent.prompt_token_ids, parent.output_token_ids[:-1] + [token])
         self.next_id += 1
-        refs = [self.pool.blocks[i].ref_cnt for i in parent.block_table]
+        refs = [int(self.pool.ref_cnt[i]) for i in parent.block_table]
         self.bm.fork(parent, child)
         assert child.block_table == parent.block_table
         assert child.num_computed_tokens == parent.num_computed_tokens
-        assert [self.pool.blocks[i].ref_cnt for i in parent.block_table] == [r + 1 for r in refs]
+        assert [int(self.pool.ref_cnt[i]) for i in parent.block_table] == [r + 1 for r in refs]
         self.live[child.seq_id] = child
         self.uncomputed[child.seq_id] = 0
 
@@ -606,7 +628,7 @@ class BlockManagerMachine(RuleBasedStateMachine):
             self.fresh += 2 * BS + 1
             seq = self._new_seq(tokens)
             hit = self.bm.find_prefix(seq)
-            assert hit.blocks == []
+            assert hit.blocks.tolist() == []
             cached_before = dict(self.pool.cached)
             lru = queue_ids(self.pool)[:3]
             if not self._admit(seq, seq.num_tokens):
@@ -615,9 +637,9 @@ class BlockManagerMachine(RuleBasedStateMachine):
             assert seq.block_table == lru, "fresh blocks must come least recently freed first"
             evicted = {h: b for h, b in cached_before.items() if h not in self.pool.cached}
             for h, b in evicted.items():
-                assert b.block_id in seq.block_table and b.block_hash is None
+                assert b in seq.block_table and not self.pool.is_cached[b]
             for i in seq.block_table:  # every block it took lost its old prefix
-                assert self.pool.blocks[i].block_hash is None
+                assert not self.pool.is_cached[i]
             assert len(cached_before) - len(evicted) == len(self.pool.cached)
             self._compute(seq)
             if evicted:
@@ -634,7 +656,7 @@ class BlockManagerMachine(RuleBasedStateMachine):
                 holders[i] += 1
         for seq in self.waiting:
             assert seq.block_table == []
-        refs = [b.ref_cnt for b in self.pool.blocks]
+        refs = self.pool.ref_cnt.tolist()
         assert all(r >= 0 for r in refs)
         assert sum(refs) == sum(len(s.block_table) for s in self.live.values()), "leaked block reference"
         assert refs == holders
@@ -644,12 +666,13 @@ class BlockManagerMachine(RuleBasedStateMachine):
         q = queue_ids(self.pool)
         assert len(q) == len(set(q)), "a block is in the free queue twice"
         assert len(q) == self.pool.num_free == self.bm.num_free_blocks
-        assert set(q) == {b.block_id for b in self.pool.blocks if b.ref_cnt == 0}
+        assert set(q) == {b for b in range(NUM_BLOCKS) if self.pool.ref_cnt[b] == 0}
         # the backward links agree with the forward ones
-        back, node = [], self.pool.free_queue._tail.prev_free
-        while node is not self.pool.free_queue._head:
-            back.append(node.block_id)
-            node = node.prev_free
+        fq = self.pool.free_queue
+        back, node = [], fq._prev[fq._tail]
+        while node != fq._head:
+            back.append(node)
+            node = fq._prev[node]
         assert back[::-1] == q
 
     @invariant()
@@ -657,17 +680,17 @@ class BlockManagerMachine(RuleBasedStateMachine):
         for seq in self.live.values():
             self._record(seq)
         for h, block in self.pool.cached.items():
-            assert block.block_hash == h
-            assert h in self.prefix_of_hash, "cached hash made from tokens no sequence had"
+            assert self.pool.block_key[block] == h and self.pool.is_cached[block]
+            assert h in self.prefix_of_hash, "cached key made from tokens no sequence had"
             prefix = self.prefix_of_hash[h]
             assert chain_hashes(prefix, BS)[-1] == h
-            assert block.token_ids == prefix[-BS:]
+            assert tuple(self.pool.tokens[block].tolist()) == prefix[-BS:]
             start = len(prefix) - BS
-            assert self.content[block.block_id] == [prefix[:start + i + 1] for i in range(BS)], \
-                f"block {block.block_id} cached under a prefix its KV does not hold"
-        for block in self.pool.blocks:
-            if block.block_hash is not None:
-                assert self.pool.cached.get(block.block_hash) is block
+            assert self.content[block] == [prefix[:start + i + 1] for i in range(BS)], \
+                f"block {block} cached under a prefix its KV does not hold"
+        for block in range(NUM_BLOCKS):
+            if self.pool.is_cached[block]:
+                assert self.pool.cached.get(self.pool.block_key[block]) == block
 
     @invariant()
     def computed_tokens_are_in_the_cache(self):
@@ -685,7 +708,7 @@ class BlockManagerMachine(RuleBasedStateMachine):
         for seq in self.waiting:
             self.bm.free(seq)
         assert self.bm.num_free_blocks == NUM_BLOCKS
-        assert all(b.ref_cnt == 0 for b in self.pool.blocks)
+        assert not self.pool.ref_cnt.any()
         assert sorted(queue_ids(self.pool)) == list(range(NUM_BLOCKS))
         # a pending mark that outlives its sequence would defer matching requests forever
         assert not self.bm._pending
@@ -696,3 +719,19 @@ BlockManagerMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 TestBlockManagerStateful = BlockManagerMachine.TestCase
+
+
+def test_a_long_prompt_hits_every_block_it_shares():
+    """A 4096-token document: a second prompt over it hits all 256 of its blocks; one that
+    differs at token 3000 hits exactly the 187 blocks before it."""
+    bs = 16
+    bm = BlockManager(600, bs)
+    doc = np.random.default_rng(0).integers(0, 50_000, 4096).tolist()
+    a = make_seq(0, doc + [1])
+    run_to_end(bm, a, bm.find_prefix(a))
+    b = make_seq(1, doc + [2, 3])
+    assert bm.find_prefix(b).blocks.tolist() == a.block_table[:256]
+    edited = list(doc)
+    edited[3000] += 1
+    c = make_seq(2, edited + [4])
+    assert bm.find_prefix(c).blocks.tolist() == a.block_table[:3000 // bs]

@@ -105,18 +105,19 @@ def test_unsupported_architecture(tmp_path, bundled_folder):
     cfg = json.loads((bundled_folder / "config.json").read_text())
     cfg["model_type"] = "gpt2"
     (tmp_path / "config.json").write_text(json.dumps(cfg))
-    (tmp_path / "model.safetensors").write_bytes((bundled_folder / "model.safetensors").read_bytes()[:64])
+    (tmp_path / "model.safetensors").write_bytes(b"\x00" * 64)
     with pytest.raises(ModelLoadError, match="unsupported model type 'gpt2'"):
         LLM(tmp_path)
 
 
 def test_second_load_reuses_the_converted_cache(bundled_folder, monkeypatch):
+    import engine.gguf_file as gguf_file
     import engine.loader as loader
 
     def fail(*_):
         raise AssertionError("converted again")
-    monkeypatch.setattr(loader, "_convert_gguf", fail)
-    assert loader.resolve_model(None) == bundled_folder
+    monkeypatch.setattr(gguf_file, "write_metadata", fail)
+    assert loader.resolve_model(None).folder == bundled_folder
 
 
 @pytest.fixture(scope="module")
@@ -188,10 +189,9 @@ def test_config_missing_a_field_and_missing_tokenizer(tmp_path, bundled_folder):
     (tmp_path / "model.safetensors").write_bytes(b"x")
     with pytest.raises(ModelLoadError, match="num_attention_heads"):
         LLM(tmp_path)
-    good = tmp_path / "no-tokenizer"
-    good.mkdir()
-    (good / "config.json").write_bytes((bundled_folder / "config.json").read_bytes())
-    (good / "model.safetensors").symlink_to(bundled_folder / "model.safetensors")
+    good = _tiny_checkpoint(tmp_path / "no-tokenizer", bundled_folder, lambda t: None)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (good / name).unlink()
     with pytest.raises(ModelLoadError, match="tokenizer"):
         LLM(good, num_kv_blocks=4)
 
@@ -253,9 +253,9 @@ def test_a_failed_step_fails_the_batch_with_a_clear_message(engine_thread, monke
 
     engine = engine_thread.wait_ready()
 
-    def broken(batch):
+    def broken(batch, samples):
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
-    monkeypatch.setattr(engine.runner, "execute", broken)
+    monkeypatch.setattr(engine.runner, "launch", broken)
     handle = engine_thread.submit("Hello", SamplingParams(max_tokens=4))
     with pytest.raises(StepFailed, match="every answer in progress stopped"):
         handle.result(30)

@@ -22,11 +22,22 @@ def prompts():
     return [torch.randint(0, 256, (int(n),), generator=gen).tolist() for n in torch.linspace(20, 700, NUM_PROMPTS)]
 
 
-@pytest.fixture(scope="module")
-def ours(llama_1b, prompts):
-    llm = LLM(llama_1b, device="cuda", max_model_len=2048, max_num_batched_tokens=512)
-    assert llm.engine.runner.graphs is not None and llm.engine.config.dtype == torch.bfloat16
-    outs = llm.generate(prompts, SamplingParams(max_tokens=NEW_TOKENS, temperature=0, ignore_eos=True))
+@pytest.fixture(scope="module", params=["async", "sync", "reference"])
+def ours(llama_1b, prompts, request):
+    """Our greedy tokens: the fused Triton kernels with asynchronous and synchronous steps, and the
+    unfused model (the torch references, run on the GPU) as the comparison for the fused one."""
+    import kernels
+    params = SamplingParams(max_tokens=NEW_TOKENS, temperature=0, ignore_eos=True)
+    if request.param == "reference":
+        with kernels.reference_ops():
+            llm = LLM(llama_1b, device="cuda", max_model_len=2048, max_num_batched_tokens=512, cuda_graphs=False)
+            outs = llm.generate(prompts, params)
+    else:
+        llm = LLM(llama_1b, device="cuda", max_model_len=2048, max_num_batched_tokens=512,
+                  async_scheduling=request.param == "async")
+        assert llm.engine.runner.graphs is not None and llm.engine.config.dtype == torch.bfloat16
+        assert llm.engine.async_scheduling is (request.param == "async")
+        outs = llm.generate(prompts, params)
     assert llm.stats()["blocks_used"] == 0
     return [o.token_ids for o in outs]
 
@@ -98,3 +109,17 @@ def test_decode_replays_cuda_graphs(llama_1b):
     graphs.run = lambda step: replays.append(step.num_decode) or original(step)
     llm.generate([[1, 2, 3]] * 3, SamplingParams(max_tokens=8, temperature=0, ignore_eos=True))
     assert replays and set(replays) == {3}
+
+
+def test_seeded_sampling_is_the_same_in_graphs_and_eagerly(llama_1b):
+    params = SamplingParams(n=2, max_tokens=24, temperature=0.8, top_p=0.9, top_k=50, min_p=0.02,
+                            repetition_penalty=1.1, seed=5, ignore_eos=True)
+    outs = {}
+    for graphs in (True, False):
+        llm = LLM(llama_1b, device="cuda", max_model_len=1024, cuda_graphs=graphs)
+        outs[graphs] = [o.token_ids for o in llm.generate([[5, 6, 7, 8]], params)[0].outputs]
+        again = [o.token_ids for o in llm.generate([[5, 6, 7, 8]], params)[0].outputs]
+        assert again == outs[graphs]
+        del llm
+    assert outs[True] == outs[False]
+    assert outs[True][0] != outs[True][1]

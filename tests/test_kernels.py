@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import kernels
+from kernels.decode_attention import paged_decode_attention_ref
 
 
 def make_cache(num_blocks, bs, hkv, d, gen):
@@ -43,7 +44,7 @@ def test_decode_attention_matches_naive(hq, hkv, bs):
     k_cache, v_cache = make_cache(64, bs, hkv, d, gen)
     tables = shuffled_tables(lens, bs, 64, gen)
     q = torch.randn(len(lens), hq, d, generator=gen)
-    out = kernels.paged_decode_attention(q, k_cache, v_cache, tables, torch.tensor(lens, dtype=torch.int32), d ** -0.5)
+    out = paged_decode_attention_ref(q, k_cache, v_cache, tables, torch.tensor(lens, dtype=torch.int32), d ** -0.5)
     for i, n in enumerate(lens):
         ref = naive(q[i:i + 1], rows(k_cache, tables[i], n), rows(v_cache, tables[i], n), d ** -0.5)
         torch.testing.assert_close(out[i:i + 1], ref, rtol=1e-5, atol=1e-5)
@@ -65,11 +66,14 @@ def test_prefill_attention_over_cached_prefix_matches_naive(hq, hkv):
         torch.testing.assert_close(out[s:e], ref, rtol=1e-5, atol=1e-5)
 
 
-def test_store_kv_writes_slots_and_skips_padding():
+def test_rope_store_writes_slots_and_skips_padding():
     k_cache = torch.full((4, 16, 2, 8), float("nan"))
     v_cache = k_cache.clone()
-    k, v = torch.randn(3, 2, 8), torch.randn(3, 2, 8)
-    kernels.store_kv(k, v, k_cache, v_cache, torch.tensor([17, -1, 63]))
+    qkv = torch.randn(3, (2 + 2 + 2) * 8)
+    identity = torch.ones(64, 8), torch.zeros(64, 8)  # cos 1, sin 0: k is stored as it is
+    kernels.rope_store_kv(qkv, torch.zeros(3, dtype=torch.long), *identity, k_cache, v_cache, torch.tensor([17, -1, 63]),
+                          2, 2)
+    k, v = qkv.view(3, 6, 8)[:, 2:4], qkv.view(3, 6, 8)[:, 4:]
     torch.testing.assert_close(k_cache[1, 1], k[0])
     torch.testing.assert_close(v_cache[3, 15], v[2])
     assert k_cache.isnan().sum() == k_cache.numel() - 2 * 16  # nothing else written, -1 skipped

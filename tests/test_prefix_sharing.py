@@ -22,6 +22,7 @@ def common_prefix(lists):
     return n
 
 
+@pytest.mark.usefixtures("both_schedulers")
 def test_eight_chats_hold_the_system_prompt_once():
     engine = LLMEngine(num_kv_blocks=512)
     bs = engine.config.block_size
@@ -42,7 +43,7 @@ def test_eight_chats_hold_the_system_prompt_once():
             seen_all_running = True
             tables = [s.block_table[:shared_blocks] for s in seqs]
             assert all(t == tables[0] for t in tables)  # the same physical blocks ...
-            refs = [engine.block_manager.pool.blocks[b].ref_cnt for b in tables[0]]
+            refs = [int(engine.block_manager.pool.ref_cnt[b]) for b in tables[0]]
             assert refs == [8] * shared_blocks  # ... each referenced by all eight chats
             stats = engine.stats()
             assert stats["blocks_shared"] >= shared_blocks
@@ -60,6 +61,7 @@ def test_eight_chats_hold_the_system_prompt_once():
     assert all(o.metrics.num_cached_tokens == 0 for o in unshared)
 
 
+@pytest.mark.usefixtures("both_schedulers")
 def test_second_turn_reuses_first_turn_blocks():
     llm = LLM(num_kv_blocks=256)
     bs = llm.engine.config.block_size
@@ -75,6 +77,7 @@ def test_second_turn_reuses_first_turn_blocks():
     assert llm.stats()["prefix_hit_rate"] > 0
 
 
+@pytest.mark.usefixtures("both_schedulers")
 def test_n_samples_share_prompt_blocks_and_copy_on_write():
     engine = LLMEngine(num_kv_blocks=128)
     bs = engine.config.block_size
@@ -85,17 +88,18 @@ def test_n_samples_share_prompt_blocks_and_copy_on_write():
     seqs = [s.seq for s in engine.requests[rid].samples]
     assert len(seqs) == 4
     assert all(s.block_table == seqs[0].block_table for s in seqs)
-    assert [engine.block_manager.pool.blocks[b].ref_cnt for b in seqs[0].block_table] == [4] * 4
+    assert [int(engine.block_manager.pool.ref_cnt[b]) for b in seqs[0].block_table] == [4] * 4
     engine.step()  # every sample appends into the shared partial block: three copy it
     tails = {s.block_table[3] for s in seqs}
     assert len(tails) == 4
     assert all(s.block_table[:3] == seqs[0].block_table[:3] for s in seqs)
-    assert [engine.block_manager.pool.blocks[b].ref_cnt for b in seqs[0].block_table[:3]] == [4] * 3
+    assert [int(engine.block_manager.pool.ref_cnt[b]) for b in seqs[0].block_table[:3]] == [4] * 3
     while engine.has_unfinished_requests():
         engine.step()
     assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
 
 
+@pytest.mark.usefixtures("both_schedulers")
 def test_seeded_samples_reproduce():
     llm = LLM(num_kv_blocks=128)
     params = SamplingParams(n=3, max_tokens=16, temperature=0.9, top_p=0.95, seed=123)
@@ -108,6 +112,7 @@ def test_seeded_samples_reproduce():
 
 
 @pytest.mark.parametrize("blocks", [40])
+@pytest.mark.usefixtures("both_schedulers")
 def test_preemption_finishes_everything_with_the_same_text(blocks):
     prompts = [f"Story {i}: " + PASSAGE[: 200 + 40 * i] for i in range(6)]
     params = SamplingParams(max_tokens=48, temperature=0, ignore_eos=True)
@@ -119,6 +124,7 @@ def test_preemption_finishes_everything_with_the_same_text(blocks):
     assert tight.stats()["blocks_used"] == 0
 
 
+@pytest.mark.usefixtures("both_schedulers")
 def test_aborting_one_request_leaves_shared_params_alone():
     """Two requests share one SamplingParams(n=2); aborting one before it forks must not change
     how many samples the other gets, and must free everything."""

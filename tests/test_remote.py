@@ -67,7 +67,7 @@ def test_text_and_token_prompts_go_to_completions(engine, client):
     prompt = "The capital of France is"
     expected = client.completions.create(model=MODEL, prompt=prompt, temperature=0, max_tokens=8).choices[0].text
 
-    ids = Tokenizer(resolve_model(None)).encode(prompt)
+    ids = Tokenizer(resolve_model(None).folder).encode(prompt)
     by_text = engine.submit(prompt, GREEDY).result(timeout=120)
     by_ids = engine.submit(ids, GREEDY).result(timeout=120)
 

@@ -1,165 +1,18 @@
-"""Scheduler + BlockManager + Sequence without a model.
+"""Scheduler + BlockManager + the engine's step pipeline, without a model (tests/engine_sim.py).
 
-`Sim` plays the engine: schedule, apply copy-on-write copies, "compute" the scheduled tokens
-(each KV slot records the token prefix it depends on), commit, and append a fake token to every
-sequence whose known tokens are all computed. n>1 requests fork their samples the way
-`LLMEngine.step` does.
+The detailed order, budget, preemption and prefix tests run with synchronous steps, where each
+step's tokens are known before the next is scheduled. The random workloads, forks and the
+in-flight cases also run with asynchronous scheduling: a step launched before the previous one's
+tokens were read.
 """
 from __future__ import annotations
 
-import itertools
-
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.block_manager import BlockManager
-from engine.config import EngineConfig
-from engine.sampling_params import SamplingParams
-from engine.scheduler import ScheduledBatch, Scheduler
-from engine.sequence import Sequence, SequenceStatus
-
-DECODE, PREFILL, ADMITTED = 0, 1, 2
-
-
-class Sim:
-    def __init__(self, num_blocks: int, block_size: int = 4, budget: int = 16, max_num_seqs: int = 8,
-                 prefix_caching: bool = True) -> None:
-        self.config = EngineConfig(block_size=block_size, max_num_batched_tokens=budget, max_num_seqs=max_num_seqs,
-                                   num_kv_blocks=num_blocks, device="cpu", enable_prefix_caching=prefix_caching)
-        self.bs = block_size
-        self.bm = BlockManager(num_blocks, block_size, prefix_caching)
-        self.sched = Scheduler(self.config, self.bm)
-        self.max_len = num_blocks * block_size  # the engine's max_model_len bound
-        self.content: list[list[tuple | None]] = [[None] * block_size for _ in range(num_blocks)]
-        self._ids = itertools.count()
-        self._fake = itertools.count(10_000)
-        self.finished: list[Sequence] = []
-        self.all: list[Sequence] = []
-        self.forked: set[str] = set()
-        self.steps = 0
-
-    def add(self, prompt, max_tokens: int = 4, n: int = 1) -> Sequence:
-        assert len(prompt) < self.max_len
-        sid = next(self._ids)
-        seq = Sequence(sid, f"req-{sid}", list(prompt), SamplingParams(max_tokens=max_tokens, n=n))
-        self.sched.add(seq)
-        self.all.append(seq)
-        return seq
-
-    def schedule(self) -> ScheduledBatch:
-        """schedule() plus the checks that hold for every step."""
-        sched = self.sched
-        running_before = list(sched.running)
-        decoding_before = {s.seq_id for s in running_before if not s.in_prefill}
-        waiting_before = {s.seq_id for s in sched.waiting}
-        preemptions_before = {s.seq_id: s.num_preemptions for s in self.all}
-
-        batch = sched.schedule()
-
-        budget = self.config.max_num_batched_tokens
-        assert batch.num_tokens <= budget
-        # admission reserves a seat for every sample a request will fork into
-        assert len(sched.running) <= self.config.max_num_seqs
-        ids = [s.seq_id for s in batch.seqs]
-        assert len(ids) == len(set(ids)), "a sequence scheduled twice in one step"
-        assert all(n >= 1 for n in batch.num_new_tokens)
-        kinds = []
-        for seq, n in zip(batch.seqs, batch.num_new_tokens):
-            assert seq.status is SequenceStatus.RUNNING and seq in sched.running
-            assert seq.num_computed_tokens + n <= seq.num_tokens
-            assert len(seq.block_table) * self.bs >= seq.num_computed_tokens + n
-            if seq.seq_id in decoding_before and seq.num_preemptions == preemptions_before[seq.seq_id]:
-                kinds.append(DECODE)
-                assert n == 1
-            elif seq.seq_id in waiting_before or seq.num_preemptions > preemptions_before[seq.seq_id]:
-                kinds.append(ADMITTED)
-            else:
-                kinds.append(PREFILL)
-        assert kinds == sorted(kinds), f"batch order must be decodes, prefill chunks, admissions: {kinds}"
-        assert batch.num_decode == kinds.count(DECODE)
-
-        preempted = [s for s in running_before if s.num_preemptions > preemptions_before[s.seq_id]]
-        for p in preempted:
-            # the victim is the newest sequence that was not already scheduled this step
-            newer = running_before[running_before.index(p) + 1:]
-            assert all(s in preempted or s.seq_id in ids for s in newer), "an older sequence was preempted first"
-            if p.status is SequenceStatus.WAITING:
-                assert p in sched.waiting and p.num_computed_tokens == 0 and p.block_table == []
-        if not preempted and len(decoding_before) <= budget:
-            # decode is never starved: every decoding sequence got its token
-            assert decoding_before <= set(ids)
-        self.steps += 1
-        return batch
-
-    def execute(self, batch: ScheduledBatch) -> None:
-        bs = self.bs
-        for src, dst in batch.copies:
-            self.content[dst] = list(self.content[src])
-        for seq, n in zip(batch.seqs, batch.num_new_tokens):
-            tokens = seq.token_ids
-            for p in range(seq.num_computed_tokens, seq.num_computed_tokens + n):
-                block = self.bm.pool.blocks[seq.block_table[p // bs]]
-                assert block.ref_cnt == 1 and block.block_hash is None, "write into a shared or cached block"
-                self.content[block.block_id][p % bs] = tuple(tokens[:p + 1])
-        for seq, n in zip(batch.seqs, batch.num_new_tokens):
-            seq.num_computed_tokens += n
-            self.bm.commit(seq)
-        ready = [s for s in batch.seqs if s.num_computed_tokens == s.num_tokens]
-        for seq in list(ready):
-            if seq.params.n > 1 and seq.request_id not in self.forked:
-                self.forked.add(seq.request_id)
-                for index in range(1, seq.params.n):
-                    sid = next(self._ids)
-                    child = Sequence(sid, seq.request_id, seq.prompt_token_ids, seq.params, sample_index=index)
-                    self.bm.fork(seq, child)
-                    child.status = SequenceStatus.RUNNING
-                    self.sched.running.append(child)
-                    self.all.append(child)
-                    ready.append(child)
-        for seq in ready:
-            seq.append_token(next(self._fake))
-            if len(seq.output_token_ids) >= seq.params.max_tokens or seq.num_tokens >= self.max_len:
-                self.sched.finish(seq, "length")
-                self.finished.append(seq)
-        self.check_kv()
-
-    def step(self) -> ScheduledBatch:
-        batch = self.schedule()
-        self.execute(batch)
-        return batch
-
-    def check_kv(self) -> None:
-        bs = self.bs
-        for seq in self.sched.running:
-            tokens = seq.token_ids
-            for p in range(seq.num_computed_tokens):
-                assert self.content[seq.block_table[p // bs]][p % bs] == tuple(tokens[:p + 1])
-        holders = [0] * self.bm.num_blocks
-        for seq in self.sched.running:
-            for i in seq.block_table:
-                holders[i] += 1
-        for seq in self.sched.waiting:
-            assert seq.block_table == []
-        assert [b.ref_cnt for b in self.bm.pool.blocks] == holders, "block reference leak"
-        assert self.bm.num_free_blocks == holders.count(0)
-
-    def run(self, max_steps: int = 1000) -> None:
-        while self.sched.has_work():
-            assert self.steps < max_steps, "no progress: livelock or a request that can never run"
-            self.step()
-
-    def assert_all_done(self) -> None:
-        assert not self.sched.has_work()
-        assert all(s.is_finished for s in self.all)
-        for s in self.all:
-            assert len(s.output_token_ids) == s.params.max_tokens or s.num_tokens >= self.max_len
-        assert self.bm.num_free_blocks == self.bm.num_blocks
-        assert all(b.ref_cnt == 0 for b in self.bm.pool.blocks)
-
-
-def entries(batch: ScheduledBatch) -> list[tuple[int, int]]:
-    return [(s.seq_id, n) for s, n in zip(batch.seqs, batch.num_new_tokens)]
-
+from engine.sequence import SequenceStatus
+from engine_sim import STOP, Sim, entries
 
 # --------------------------------------------------------------------------- order and budget
 
@@ -227,14 +80,13 @@ def test_preemption_by_recompute_newest_first():
     sim.step()
     sim.step()  # each now has 9 tokens, 8 computed: the next decode needs a third block
     assert [s.num_tokens for s in (a, b, c)] == [9, 9, 9]
-    batch = sim.schedule()
+    batch = sim.step()
     assert sim.sched.num_preemptions == 1
     assert c.status is SequenceStatus.WAITING and c.num_preemptions == 1
     assert list(sim.sched.waiting) == [c, d]  # back at the head, ahead of the never-run request
     assert c.num_computed_tokens == 0 and c.block_table == []
     assert len(c.output_token_ids) == 3  # its sampled tokens are kept and will be recomputed
     assert [s.seq_id for s in batch.seqs] == [a.seq_id, b.seq_id]
-    sim.execute(batch)
 
     admitted_order = []
     while sim.sched.has_work():
@@ -256,22 +108,20 @@ def test_newest_preempts_itself_when_older_ones_are_scheduled_and_recomputes_fro
     assert [s.num_tokens for s in (a, b)] == [9, 9] and sim.bm.num_free_blocks == 1
     b_blocks = list(b.block_table)
 
-    batch = sim.schedule()  # a takes the last free block; b, the newest, has no victim but itself
+    batch = sim.step()  # a takes the last free block; b, the newest, has no victim but itself
     assert [s.seq_id for s in batch.seqs] == [a.seq_id]
     assert b.status is SequenceStatus.WAITING and list(sim.sched.waiting) == [b]
     assert b.num_computed_tokens == 0 and b.block_table == [] and b.num_preemptions == 1
     # its two full blocks stay cached while free
-    assert all(sim.bm.pool.blocks[i].block_hash is not None for i in b_blocks)
-    sim.execute(batch)
+    assert all(sim.bm.pool.is_cached[i] for i in b_blocks[:2])
 
     readmitted_with = None
     while sim.sched.has_work():
         waiting = b in sim.sched.waiting
-        batch = sim.schedule()
+        batch = sim.step()
         if waiting and b in batch.seqs:
-            readmitted_with = b.num_computed_tokens
+            readmitted_with = b.num_computed_tokens - batch.num_new_tokens[batch.seqs.index(b)]
             assert b.block_table[0] == b_blocks[0]
-        sim.execute(batch)
         assert sim.steps < 100
     # a's growth evicted b's tail block (freed first), not its first block
     assert readmitted_with == 4
@@ -297,19 +147,20 @@ def test_request_waits_for_prefix_block_being_computed():
     b = sim.add(shared + [200, 201, 202], max_tokens=3)
     c = sim.add([300, 301, 302], max_tokens=3)  # unrelated: not held up by b
 
-    batch = sim.schedule()
+    pending_at_launch = []
+    sim.runner.on_launch = lambda batch: pending_at_launch.append(sim.bm.find_prefix(b).next_block_pending)
+    batch = sim.step()
     assert [s.seq_id for s in batch.seqs] == [a.seq_id, c.seq_id]
     assert list(sim.sched.waiting) == [b] and b.block_table == []
-    assert sim.bm.find_prefix(b).next_block_pending
-    sim.execute(batch)
+    assert pending_at_launch == [True]  # a was computing the block b needs when b was deferred
     a_blocks = list(a.block_table)
 
-    batch = sim.schedule()
+    batch = sim.step()
     assert entries(batch) == [(a.seq_id, 1), (c.seq_id, 1), (b.seq_id, 3)]
-    assert b.num_computed_tokens == 8 and b.num_cached_tokens == 8
+    assert b.num_cached_tokens == 8 and b.num_computed_tokens == 11
     assert b.block_table[:2] == a_blocks[:2]
-    assert all(sim.bm.pool.blocks[i].ref_cnt == 2 for i in a_blocks[:2])
-    sim.execute(batch)
+    assert all(sim.bm.pool.ref_cnt[i] == 2 for i in a_blocks[:2])
+    sim.runner.on_launch = None
     sim.run()
     sim.assert_all_done()
 
@@ -323,10 +174,9 @@ def test_deferred_request_keeps_its_place_in_line():
     batch = sim.step()
     assert [s.seq_id for s in batch.seqs] == [a.seq_id, c.seq_id]
     assert list(sim.sched.waiting) == [b, d]
-    batch = sim.schedule()
+    batch = sim.step()
     assert entries(batch) == [(a.seq_id, 1), (c.seq_id, 1), (b.seq_id, 1), (d.seq_id, 2)]
-    assert b.num_computed_tokens == 8  # admitted with the hit
-    sim.execute(batch)
+    assert b.num_cached_tokens == 8  # admitted with the hit
     sim.run()
     sim.assert_all_done()
 
@@ -346,20 +196,90 @@ def test_without_pending_prefix_both_are_admitted_and_nothing_is_shared():
 # --------------------------------------------------------------------------- n > 1
 
 
-def test_forked_samples_share_prompt_blocks_and_copy_partial_block():
-    sim = Sim(num_blocks=32, budget=64)
+@pytest.mark.parametrize("async_scheduling", [False, True], ids=["sync", "async"])
+def test_forked_samples_share_prompt_blocks_and_copy_partial_block(async_scheduling):
+    sim = Sim(num_blocks=32, budget=64, async_scheduling=async_scheduling)
     seq = sim.add(list(range(6)), max_tokens=4, n=3)
     sim.step()
     children = [s for s in sim.sched.running if s is not seq]
     assert len(children) == 2
     assert all(ch.block_table == seq.block_table for ch in children)
+    assert len({s.row for s in [seq, *children]}) == 3  # each sample draws into its own row
     batch = sim.step()
     # three samples wrote into the shared half-full block: two copies, the last writes in place
     assert len(batch.copies) == 2
     assert len({s.block_table[1] for s in [seq, *children]}) == 3
-    assert sim.bm.pool.blocks[seq.block_table[0]].ref_cnt == 3
+    assert sim.bm.pool.ref_cnt[seq.block_table[0]] == 3
     sim.run()
     sim.assert_all_done()
+    assert len({tuple(s.output_token_ids) for s in [seq, *children]}) == 3
+
+
+# --------------------------------------------------------------------------- steps in flight
+
+
+def test_async_steps_overlap_and_read_tokens_one_step_late():
+    sim = Sim(num_blocks=32, budget=64, async_scheduling=True)
+    a = sim.add(list(range(5)), max_tokens=4)
+    sim.step()  # prefill launched; nothing read back yet
+    assert a.num_pending == 1 and a.output_token_ids == []
+    batch = sim.step()  # decodes the pending token from the device, then reads the first one
+    assert entries(batch) == [(a.seq_id, 1)]
+    assert len(a.output_token_ids) == 1 and a.num_pending == 1
+    sim.run()
+    sim.assert_all_done()
+    assert len(a.output_token_ids) == 4
+    # max_tokens is known ahead: the fourth token is never computed on, so no step is wasted
+    assert sum(1 for b in sim.runner.batches for s in b.seqs if s is a) == 4
+
+
+@pytest.mark.parametrize("async_scheduling", [False, True], ids=["sync", "async"])
+def test_a_stop_read_a_step_late_costs_one_slot_and_is_never_emitted(async_scheduling):
+    sim = Sim(num_blocks=32, budget=64, async_scheduling=async_scheduling)
+    a = sim.add(list(range(5)), max_tokens=10, stream=True)
+    b = sim.add(list(range(10, 15)), max_tokens=3)
+    sim.runner.stop_rate = 0.5
+    sim.runner._rng.random = iter([0.0] + [1.0] * 50).__next__  # a's first token is the stop token
+    sim.run()
+    sim.assert_all_done()
+    assert a.finish_reason == "stop" and a.output_token_ids == [STOP]
+    out = sim.finished[a.request_id]
+    assert out.outputs[0].token_ids == [STOP]
+    computed_after_stop = sum(1 for batch in sim.runner.batches for s in batch.seqs if s is a) - 1
+    assert computed_after_stop == (1 if async_scheduling else 0)  # the one wasted slot-step
+    assert len(b.output_token_ids) == 3
+
+
+def test_cancel_between_launch_and_read_back_frees_everything_and_drops_the_token():
+    sim = Sim(num_blocks=32, budget=64, async_scheduling=True)
+    a = sim.add(list(range(6)), max_tokens=20, stream=True)
+    b = sim.add(list(range(20, 26)), max_tokens=5)
+    for _ in range(4):
+        sim.step()
+    assert a.num_pending == 1
+    emitted = list(a.output_token_ids)
+    out = sim.engine.abort_request(a.request_id)  # a step holding a's next token is in flight
+    assert out.finished and out.outputs[0].finish_reason == "abort"
+    assert out.outputs[0].token_ids == emitted
+    sim.step()  # reads back the in-flight step: a's token is dropped
+    assert a.output_token_ids == emitted
+    sim.check_kv()
+    sim.run()
+    sim.assert_all_done()
+    assert len(b.output_token_ids) == 5
+
+
+def test_preemption_while_a_step_is_in_flight_recomputes_with_the_late_token():
+    sim = Sim(num_blocks=6, budget=64, max_num_seqs=3, async_scheduling=True)
+    seqs = [sim.add(list(range(k, k + 6)), max_tokens=8) for k in (0, 10, 20)]
+    while not sim.sched.num_preemptions:
+        sim.step()
+        assert sim.steps < 50
+    victim = next(s for s in seqs if s.num_preemptions)
+    assert victim.status is SequenceStatus.WAITING and victim.block_table == [] and victim.row is None
+    sim.run()
+    sim.assert_all_done()
+    assert [len(s.output_token_ids) for s in seqs] == [8, 8, 8]
 
 
 # --------------------------------------------------------------------------- random workloads
@@ -375,27 +295,41 @@ request = st.tuples(
 )
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     reqs=st.lists(request, min_size=1, max_size=8),
     num_blocks=st.integers(4, 14),
     budget=st.sampled_from([4, 8, 16, 64]),
     max_num_seqs=st.integers(1, 5),
+    async_scheduling=st.booleans(),
+    stop_rate=st.sampled_from([0.0, 0.2]),
+    cancels=st.lists(st.tuples(st.integers(0, 7), st.integers(0, 12)), max_size=3),
+    seed=st.integers(0, 1000),
 )
-def test_random_workloads_finish_with_correct_kv_and_empty_pool(reqs, num_blocks, budget, max_num_seqs):
-    sim = Sim(num_blocks=num_blocks, budget=budget, max_num_seqs=max_num_seqs)
+def test_random_workloads_finish_with_correct_kv_and_empty_pool(reqs, num_blocks, budget, max_num_seqs,
+                                                                 async_scheduling, stop_rate, cancels, seed):
+    """Any mix of shared prefixes, forks, preemptions, early stops and cancels, with steps in flight
+    or not: every computed KV slot holds what its tokens say, references match the tables after
+    every step, and everything is returned at the end."""
+    sim = Sim(num_blocks=num_blocks, budget=budget, max_num_seqs=max_num_seqs, async_scheduling=async_scheduling,
+              stop_rate=stop_rate, seed=seed)
     prefixes = [[100 * (p + 1) + i for i in range(12)] for p in range(3)]
     by_step: dict[int, list] = {}
     for pid, pblocks, own, max_tokens, n, arrival in reqs:
         prompt = (prefixes[pid][:pblocks * 4] + own)[:sim.max_len - 1]
         by_step.setdefault(arrival, []).append((prompt, max_tokens, min(n, max_num_seqs)))
+    cancel_at = {step: index for index, step in cancels}
+    added = []
     step = 0
-    while sim.sched.has_work() or any(k >= step for k in by_step):
+    while sim.engine.has_unfinished_requests() or any(k >= step for k in by_step):
         for prompt, max_tokens, n in by_step.pop(step, []):
-            sim.add(prompt, max_tokens, n)
+            added.append(sim.add(prompt, max_tokens, n).request_id)
+        if step in cancel_at and added:
+            sim.engine.abort_request(added[cancel_at[step] % len(added)])
+            sim.check_kv()
         step += 1
-        if sim.sched.has_work():
+        if sim.engine.has_unfinished_requests():
             sim.step()
         assert sim.steps < 1000, "no progress"
     sim.assert_all_done()
-    assert len(sim.all) == sum(min(r[4], max_num_seqs) for r in reqs)
+    assert len(sim.all) <= sum(min(r[4], max_num_seqs) for r in reqs)

@@ -6,7 +6,6 @@ here, with a tokenizer of its own behind a lock, never the engine's.
 """
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -14,8 +13,6 @@ from pathlib import Path
 from app.backends.protocol import PromptInput
 from engine import EngineThread, RequestHandle, RequestOutput, SamplingParams
 from engine.tokenizer import Tokenizer
-
-_CONVERTED_SUFFIX = re.compile(r"-[0-9a-f]{16}$")  # a converted GGUF's cache folder ends in its hash
 
 
 class LocalBackend:
@@ -28,7 +25,7 @@ class LocalBackend:
         self.model_path: Path = engine.model_path
         self.device: str = engine.config.device
         self.max_model_len: int = engine.max_model_len
-        self._tokenizer = Tokenizer(engine.model_path)
+        self._tokenizer = Tokenizer(engine.source.tokenizer_folder)
         self._tokenizer_lock = threading.Lock()
 
     def submit(self, prompt: PromptInput, params: SamplingParams | None = None, *,
@@ -45,7 +42,8 @@ class LocalBackend:
 
     @property
     def model_name(self) -> str:
-        return _CONVERTED_SUFFIX.sub("", self.model_path.name)
+        """A GGUF file's stem or a folder's name: what the user opened."""
+        return self.model_path.stem if self.model_path.is_file() else self.model_path.name
 
     def describe(self) -> str:
         return f"{self.model_name} on {self.device}"

@@ -16,7 +16,9 @@ from app import sampling
 from app.backends.kv import KvBlocks
 from app.backends import Backend, is_user_error, user_message
 from app.backends.choice import add_backend_arguments
-from app.cli.common import EXIT_OK, add_repetition_penalty_argument, error, start_backend
+from app.cli.common import (EXIT_OK, add_repetition_penalty_argument, error, printable_answer, replace_unencodable,
+                            start_backend)
+from app.printable import printable
 from app.wording import answer_summary, plural
 
 PROMPT = "> "
@@ -84,7 +86,7 @@ class TerminalChat:
         self.stdin = stdin if stdin is not None else sys.stdin
         self.stdout = stdout if stdout is not None else sys.stdout
         self.stderr = stderr if stderr is not None else sys.stderr
-        _replace_unencodable(self.stdout)
+        replace_unencodable(self.stdout)
         self.color = _wants_color(self.stdout)
         self.messages: list[dict[str, str]] = []
         self.reset()
@@ -171,7 +173,7 @@ class TerminalChat:
         try:
             with _sigint_handler(on_sigint):
                 for delta in handle:
-                    self._write(delta)
+                    self._write_answer(delta)
                     printed.append(delta)
             output = handle.result()
         except KeyboardInterrupt:  # a Ctrl+C just before the handler was set
@@ -184,12 +186,12 @@ class TerminalChat:
             if printed:
                 self._write("\n")
             hint = " (/reset starts a new conversation)" if len(self.messages) > 1 else ""
-            print(f"error: {user_message(e)}{hint}", file=self.stderr, flush=True)
+            print(f"error: {printable(user_message(e))}{hint}", file=self.stderr, flush=True)
             return
 
         shown = "".join(printed)
         if output.text.startswith(shown) and len(output.text) > len(shown):
-            self._write(output.text[len(shown):])  # text the stream held back, if any
+            self._write_answer(output.text[len(shown):])  # text the stream held back, if any
         if output.text:
             self.messages.append({"role": "assistant", "content": output.text})
         else:
@@ -202,6 +204,10 @@ class TerminalChat:
     def _write(self, text: str) -> None:
         self.stdout.write(text)
         self.stdout.flush()
+
+    def _write_answer(self, text: str) -> None:
+        """Model text, its lines kept and any escape sequence in it spelled out, not obeyed."""
+        self._write(printable_answer(text))
 
 
 # ---------------------------------------------------------------------------------- formatting
@@ -264,14 +270,4 @@ def _wants_color(stream: TextIO) -> bool:
     except (AttributeError, ValueError):
         return False
     return tty and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
-
-
-def _replace_unencodable(stream: TextIO) -> None:
-    """Model text may hold characters the terminal's encoding lacks: show '?' rather than crash."""
-    reconfigure = getattr(stream, "reconfigure", None)
-    if reconfigure is not None:
-        try:
-            reconfigure(errors="replace")
-        except (ValueError, OSError):
-            pass
 

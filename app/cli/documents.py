@@ -3,7 +3,8 @@
 `index` shows one progress line per file (redrawn in place on a terminal), reports every file
 that could not be indexed and carries on past it. `ask` answers from the library (or from the
 documents given with `--doc`, pinned whole when they fit), streams the answer, then lists the
-sources with the ones the answer cites marked.
+sources with the ones the answer cites marked. File names, document text and answers are printed
+through `printable`: a name may hold a newline, an escape sequence or bytes that are not UTF-8.
 """
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ from typing import TextIO
 from app.backends import is_user_error, user_message
 from app.backends.choice import add_backend_arguments
 from app.cli.common import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, add_repetition_penalty_argument, error,
-                            start_backend)
+                            printable_answer, replace_unencodable, start_backend)
 from app.paths import library_dir
+from app.printable import printable
 from app.wording import plural
+
 BAR_WIDTH = 24
 STATUS_WORDS = {"added": "added", "updated": "updated", "unchanged": "unchanged", "duplicate": "duplicate",
                 "failed": "FAILED", "cancelled": "cancelled"}
@@ -62,6 +65,7 @@ def add_ask_parser(sub) -> None:
 def cmd_index(args: argparse.Namespace) -> int:
     from rag import Library, LibraryError
 
+    replace_unencodable(sys.stdout)
     cancel = threading.Event()
     bar = ProgressLine(sys.stderr)
     try:
@@ -84,9 +88,12 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def format_result(r) -> str:
+    """`added      notes.md  (3 chunks)`; a failure's reason on the line below it."""
     detail = plural(r.num_chunks, "chunk") if r.status in ("added", "updated", "unchanged") else (r.error or "")
-    return f"{STATUS_WORDS[r.status]:<10} {r.path}" + (f"  ({detail})" if detail and r.status != "failed" else "") \
-        + (f"\n           {r.error}" if r.status == "failed" else "")
+    line = f"{STATUS_WORDS[r.status]:<10} {printable(str(r.path))}"
+    if r.status == "failed":
+        return line + f"\n           {printable(r.error or '')}"
+    return line + (f"  ({printable(detail)})" if detail else "")
 
 
 class ProgressLine:
@@ -102,7 +109,8 @@ class ProgressLine:
         if not self.live:
             return
         filled = round(p.fraction * BAR_WIDTH)
-        name = p.path.name if len(p.path.name) <= 40 else p.path.name[:39] + "…"
+        name = printable(p.path.name)
+        name = name if len(name) <= 40 else name[:39] + "…"
         line = (f"[{p.file_index + 1:>{len(str(p.file_count))}}/{p.file_count}] {name}  "
                 f"{'#' * filled}{'-' * (BAR_WIDTH - filled)} {p.fraction:4.0%} {p.stage}")
         self.stream.write("\r" + line.ljust(self.width))
@@ -121,6 +129,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
     from engine import RequestError, SamplingParams
     from rag import Library, LibraryError
 
+    replace_unencodable(sys.stdout)
     try:
         params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature,
                                 repetition_penalty=args.repetition_penalty)
@@ -137,7 +146,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
         if args.doc:
             report = lib.add(args.doc)
             for r in report.failed:
-                print(f"folio ask: {r.error}", file=sys.stderr)
+                print(f"folio ask: {printable(r.error or str(r.path))}", file=sys.stderr)
             pinned = [r.doc_id for r in report.results if r.doc_id is not None]
             if not pinned:
                 return error("folio ask: none of the --doc files could be read")
@@ -163,7 +172,7 @@ def _answer(args: argparse.Namespace, lib, pinned: list[str], backend, params) -
     try:
         try:
             for delta in handle:
-                sys.stdout.write(delta)
+                sys.stdout.write(printable_answer(delta))
                 sys.stdout.flush()
                 shown.append(delta)
         except KeyboardInterrupt:
@@ -175,14 +184,14 @@ def _answer(args: argparse.Namespace, lib, pinned: list[str], backend, params) -
         return error(f"\nfolio ask: {user_message(e)}")
     shown_text = "".join(shown)
     if output.text.startswith(shown_text):
-        sys.stdout.write(output.text[len(shown_text):])  # text the stream held back, if any
+        sys.stdout.write(printable_answer(output.text[len(shown_text):]))  # text the stream held back, if any
     print()
     cited = {s.number for s in cited_sources(output.text, prompt.sources)}
     if prompt.sources:
         print("\nSources:")
         for s in prompt.sources:
             mark = "*" if s.number in cited else " "
-            print(f"{mark}[{s.number}] {s.label}: {s.snippet}")
+            print(f"{mark}[{s.number}] {printable(s.label)}: {printable(s.snippet)}")
         if cited:
             print("(* cited in the answer)")
     return EXIT_OK

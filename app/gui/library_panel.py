@@ -3,9 +3,14 @@ bar, cancel button and error, and a drop target for files and folders.
 
 The jobs sit in a scroll area under a header that counts them, folds them away and clears the
 finished ones: a folder of a hundred files never makes the panel (or the window) taller.
+
+File names and titles come from outside: they are shown through `printable` (a control character,
+a right-to-left override or a byte that is not UTF-8 is spelled out) and always as plain text, so
+that a name like "<b>x</b>.txt" is not taken for markup.
 """
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
 from PySide6.QtCore import QStandardPaths, Qt, Signal
@@ -16,6 +21,7 @@ from app.gui.file_drops import FileDropTarget
 from app.gui.file_launch import open_file, tell_cannot_open
 from app.gui.library_service import CANCELLED, FAILED, READING, FileJob, LibraryService
 from app.gui.theme import icon
+from app.printable import printable
 from app.wording import plural
 from rag.loaders import SUPPORTED_SUFFIXES  # the formats rag reads (stdlib only; rag itself loads numpy)
 
@@ -36,15 +42,15 @@ class JobRow(QFrame):
         self.setObjectName("jobRow")
         self.job = job
         self.library = library
-        self.name = QLabel(job.path.name)
+        self.name = plain_label(printable(job.path.name))
         self.name.setObjectName("jobName")
-        self.name.setToolTip(str(job.path))
+        self.name.setToolTip(plain_tooltip(str(job.path)))
         self.name.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self.bar = QProgressBar()
         self.bar.setRange(0, 1000)
         self.bar.setTextVisible(False)
         self.bar.setMaximumHeight(max(6, self.fontMetrics().height() // 2))
-        self.state = QLabel()
+        self.state = plain_label("")
         self.state.setObjectName("jobState")
         self.state.setWordWrap(True)
         self.button = QToolButton()
@@ -75,13 +81,13 @@ class JobRow(QFrame):
         elif not job.finished and job.state != "queued":
             text += f" {job.fraction:.0%}"
         if job.error:
-            text = f"{text}: {job.error}"
+            text = f"{text}: {printable(job.error)}"
         self.state.setText(text)
         if self.property("failed") != (job.state == FAILED):  # re-styling every progress tick is costly
             self.setProperty("failed", job.state == FAILED)
             self.style().unpolish(self)
             self.style().polish(self)
-        tip = "Remove from this list" if job.finished else f"Stop indexing {job.path.name}"
+        tip = "Remove from this list" if job.finished else f"Stop indexing {printable(job.path.name)}"
         self.button.setToolTip(tip)
         self.button.setAccessibleName(tip)
 
@@ -111,7 +117,7 @@ class LibraryPanel(FileDropTarget, QWidget):
         buttons.addWidget(add_files)
         buttons.addWidget(add_folder)
 
-        self.status = QLabel("Opening the library…")
+        self.status = plain_label("Opening the library…")
         self.status.setObjectName("libraryStatus")
         self.status.setWordWrap(True)
         self.documents = QListWidget()
@@ -178,7 +184,7 @@ class LibraryPanel(FileDropTarget, QWidget):
 
         library.documentsChanged.connect(self.show_documents)
         library.jobChanged.connect(self.show_job)
-        library.openFailed.connect(self.status.setText)
+        library.openFailed.connect(lambda message: self.status.setText(printable(message, keep="\n")))
         self.show_documents(library.documents)
 
     # ------------------------------------------------------------------ documents
@@ -187,14 +193,15 @@ class LibraryPanel(FileDropTarget, QWidget):
         selected = set(self.selected_ids())
         self.documents.clear()
         for doc in documents:
-            details = [doc.source.name] if doc.title and doc.title != doc.source.name else []
+            name, title = printable(doc.source.name), printable(doc.title or "")
+            details = [name] if title and title != name else []
             if doc.num_pages:
                 details.append(plural(doc.num_pages, "page"))
             details.append(plural(doc.num_chunks, "passage"))
-            item = QListWidgetItem(icon("document"), f"{doc.title or doc.source.name}\n" + " · ".join(details))
+            item = QListWidgetItem(icon("document"), f"{title or name}\n" + " · ".join(details))
             item.setData(Qt.ItemDataRole.UserRole, doc.doc_id)
-            item.setData(Qt.ItemDataRole.UserRole + 1, str(doc.source))
-            item.setToolTip(str(doc.source))
+            item.setData(Qt.ItemDataRole.UserRole + 1, doc.source)  # a Path: a str would lose undecodable bytes
+            item.setToolTip(plain_tooltip(str(doc.source)))
             self.documents.addItem(item)
             item.setSelected(doc.doc_id in selected)
         if self.library.library is not None:  # open: say when it is empty
@@ -211,7 +218,7 @@ class LibraryPanel(FileDropTarget, QWidget):
     def open_selected(self) -> list[str]:
         """Open each selected document in its application; says so for those nothing can open.
         Returns the paths that could not be opened."""
-        failed = [path for path in (item.data(Qt.ItemDataRole.UserRole + 1) for item in self.documents.selectedItems())
+        failed = [path for path in (str(item.data(Qt.ItemDataRole.UserRole + 1)) for item in self.documents.selectedItems())
                   if not open_file(path)]
         if failed:
             tell_cannot_open(self, failed)
@@ -291,3 +298,16 @@ def start_folder() -> str:
     (never the working directory, which for a desktop launch is anywhere)."""
     documents = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.DocumentsLocation)
     return documents if documents and Path(documents).is_dir() else str(Path.home())
+
+
+def plain_label(text: str) -> QLabel:
+    """A label that never reads its text as markup (Qt guesses, from a leading tag)."""
+    label = QLabel(text)
+    label.setTextFormat(Qt.TextFormat.PlainText)
+    return label
+
+
+def plain_tooltip(text: str) -> str:
+    """A tooltip showing `text` as it is: tooltips have no plain-text mode, so it is given as
+    escaped markup (on one line)."""
+    return f"<p style='white-space:pre'>{html.escape(printable(text))}</p>"

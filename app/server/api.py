@@ -5,13 +5,19 @@ or chat messages) and cancel. The handles' callbacks run on the engine thread an
 loop through `call_soon_threadsafe` (`EngineRequests`). A response starts once every request of it
 has been accepted and has its first token, so a prompt the engine refuses (too long, empty, bad
 ids) is a 400, streamed or not. A client that goes away has its requests cancelled at once, so
-their KV blocks go back to the pool.
+their KV blocks go back to the pool, and its embedding work stops at the next batch.
+
+What one request may ask is bounded (`ServerLimits`): its body's size, its number of embedding
+inputs, and `max_tokens`, which is clamped to the context (the answer then ends there, with
+finish_reason "length", as llama.cpp's server does) rather than refused.
 """
 from __future__ import annotations
 
 import asyncio
 import hmac
 import json
+import logging
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -27,6 +33,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app.backends import AnswerHandle, PromptInput, is_user_error, user_message
 from app.backends.local import LocalBackend
 from app.server import schema
+from app.server.body_limit import LimitRequestBody
+from app.server.limits import ServerLimits
 from app.server.schema import APIError, ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from engine import RequestError, RequestOutput, SamplingParams
 
@@ -34,6 +42,7 @@ MAX_CHOICES = 64  # n x prompts in one HTTP request
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+log = logging.getLogger("uvicorn.error")  # the server's own log, which uvicorn prints
 
 
 def bundled_embedder():
@@ -43,15 +52,16 @@ def bundled_embedder():
 
 def create_app(backend: LocalBackend, embedder_factory: Callable[[], object] | None = bundled_embedder,
                api_key: str | None = None, model_name: str | None = None, aliases: Sequence[str] = (),
-               loopback_only: bool = False) -> FastAPI:
+               loopback_only: bool = False, limits: ServerLimits = ServerLimits()) -> FastAPI:
     """The app for a loaded model. `model_name` is the id clients see (default: the model's
     name); `aliases` are accepted too. `embedder_factory` makes the `/v1/embeddings` model (None:
     no embeddings). `loopback_only` (a server bound to loopback) refuses requests not addressed to
-    this machine."""
+    this machine. `limits` bounds what one request may ask."""
     names = [model_name or backend.model_name, *aliases]
     server = OpenAIServer(backend, list(dict.fromkeys(names)),
-                          embedder_factory() if embedder_factory is not None else None)
+                          embedder_factory() if embedder_factory is not None else None, limits)
     app = FastAPI(title="Folio", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(LimitRequestBody, max_bytes=limits.max_request_bytes)  # after the key and host checks
     if api_key:
         app.add_middleware(RequireKey, api_key=api_key)
     if loopback_only:  # added last: checked first
@@ -175,10 +185,11 @@ class Reply:
 class OpenAIServer:
     """The endpoints, bound to one engine thread and the ids it answers to."""
 
-    def __init__(self, backend: LocalBackend, model_ids: list[str], embedder) -> None:
+    def __init__(self, backend: LocalBackend, model_ids: list[str], embedder, limits: ServerLimits) -> None:
         self.backend = backend
         self.model_ids = model_ids
         self.embedder = embedder
+        self.limits = limits
         self.created = int(time.time())
 
     # ------------------------------------------------------------------ models and stats
@@ -257,8 +268,10 @@ class OpenAIServer:
         return _engine_error(error)
 
     def _sampling_params(self, body, max_tokens: int, sample: int) -> SamplingParams:
+        """The engine's checks name the field of any bad value; `max_tokens` is then clamped to
+        the context, where the engine stops anyway."""
         try:
-            return SamplingParams(
+            params = SamplingParams(
                 max_tokens=max_tokens,
                 temperature=1.0 if body.temperature is None else body.temperature,
                 top_p=1.0 if body.top_p is None else body.top_p,
@@ -269,6 +282,8 @@ class OpenAIServer:
                 ignore_eos=body.ignore_eos)
         except RequestError as e:
             raise APIError(400, str(e), param=e.param) from e
+        params.max_tokens = min(params.max_tokens, self.backend.max_model_len)
+        return params
 
     async def _generate(self, request: Request, body, reply: Reply, prompts: list[PromptInput],
                         max_tokens: int, param: str) -> Response:
@@ -330,21 +345,41 @@ class OpenAIServer:
 
     # ------------------------------------------------------------------ embeddings
 
-    async def embeddings(self, body: EmbeddingRequest) -> dict:
+    async def embeddings(self, body: EmbeddingRequest, request: Request) -> Response:
         if self.embedder is None:
             raise APIError(404, "this server has no embedding model", param="model", code="model_not_found")
         model = self.embedder.model_name
         if body.model is not None and body.model != model:
             raise self._unknown_model(body.model)
         texts = body.texts()
-        vectors, tokens = await asyncio.to_thread(self._embed, texts)
+        if len(texts) > self.limits.max_embedding_inputs:
+            raise APIError(400, f"at most {self.limits.max_embedding_inputs} inputs per embeddings request, got "
+                                f"{len(texts)}: send them in several requests (`folio serve --max-embedding-inputs` "
+                                f"sets the limit)", param="input")
+        stop = threading.Event()
+        try:
+            vectors, tokens = await _unless_disconnected(asyncio.to_thread(self._embed, texts, stop), request)
+        except ClientGone:
+            return Response(status_code=499)
+        finally:
+            stop.set()  # the embedder stops after its current batch
         if body.dimensions is not None and body.dimensions != vectors.shape[1]:
             raise APIError(400, f"{model} makes {vectors.shape[1]}-dimensional embeddings; "
                                 f"dimensions={body.dimensions} is not supported", param="dimensions")
-        return schema.embeddings(model, vectors, body.encoding_format, tokens)
+        return JSONResponse(schema.embeddings(model, vectors, body.encoding_format, tokens))
 
-    def _embed(self, texts: list[str]):
-        return self.embedder.embed(texts), sum(self.embedder.count_tokens(t) for t in texts)
+    def _embed(self, texts: list[str], stop: threading.Event):
+        """On a worker thread; `stop` is checked between the embedder's batches."""
+        def check(done: int) -> None:
+            if stop.is_set():
+                raise EmbeddingStopped(done)
+
+        try:
+            vectors = self.embedder.embed(texts, progress=check)
+        except EmbeddingStopped as e:
+            log.info("embedding stopped after %d of %d inputs: the client left", e.done, len(texts))
+            raise
+        return vectors, sum(self.embedder.count_tokens(t) for t in texts)
 
 
 # ---------------------------------------------------------------------------------- plumbing
@@ -413,6 +448,14 @@ def _host_name(scope) -> str | None:
 
 class ClientGone(Exception):
     """The client hung up before its answer was ready."""
+
+
+class EmbeddingStopped(Exception):
+    """Embedding stopped between batches, its client gone."""
+
+    def __init__(self, done: int) -> None:
+        super().__init__(done)
+        self.done = done
 
 
 async def _unless_disconnected(work, request: Request):

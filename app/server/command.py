@@ -16,6 +16,7 @@ from pathlib import Path
 
 from app.backends import BackendError, LocalSpec, open_backend, user_message
 from app.backends.choice import add_local_model_arguments, check_device
+from app.server.limits import ServerLimits
 
 EXIT_OK = 0
 EXIT_USAGE = 2  # bad arguments, an address that cannot be bound, a model that cannot be loaded
@@ -38,6 +39,16 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="longest prompt plus answer in tokens (default: the model's own limit)")
     parser.add_argument("--served-model-name", metavar="NAME",
                         help="another model id clients may use (default: only the model's own name)")
+    limits = ServerLimits()
+    parser.add_argument("--max-request-bytes", type=int, metavar="N", default=limits.max_request_bytes,
+                        help="refuse request bodies larger than this with a 413 (default: %(default)s)")
+    parser.add_argument("--max-embedding-inputs", type=int, metavar="N", default=limits.max_embedding_inputs,
+                        help="most texts in one embeddings request (default: %(default)s)")
+    parser.add_argument("--header-timeout", type=float, metavar="SECONDS", default=limits.header_timeout,
+                        help="close a connection whose request headers take longer (default: %(default)s)")
+    parser.add_argument("--body-timeout", type=float, metavar="SECONDS", default=limits.body_timeout,
+                        help="close a connection whose request body takes longer after its headers "
+                             "(default: %(default)s)")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -46,6 +57,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _error(f"folio serve: --port must be between 0 and 65535, got {args.port}")
     if args.max_model_len is not None and args.max_model_len < 2:
         return _error(f"folio serve: --max-model-len must be at least 2, got {args.max_model_len}")
+    for option, value in (("--max-request-bytes", args.max_request_bytes),
+                          ("--max-embedding-inputs", args.max_embedding_inputs),
+                          ("--header-timeout", args.header_timeout), ("--body-timeout", args.body_timeout)):
+        if not value > 0 or value == float("inf"):
+            return _error(f"folio serve: {option} must be a positive number, got {value}")
     try:
         check_device(args.device)
     except BackendError as e:
@@ -78,15 +94,18 @@ def _serve(sock: socket.socket, backend, name: str, args: argparse.Namespace) ->
     import uvicorn
 
     from app.server.api import create_app
+    from app.server.deadlines import DeadlineProtocol
 
     aliases = [args.served_model_name] if args.served_model_name else []
+    limits = ServerLimits(max_request_bytes=args.max_request_bytes, max_embedding_inputs=args.max_embedding_inputs,
+                          header_timeout=args.header_timeout, body_timeout=args.body_timeout)
     app = create_app(backend, api_key=args.api_key, model_name=name, aliases=aliases,
-                     loopback_only=is_loopback(args.host))
+                     loopback_only=is_loopback(args.host), limits=limits)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     print(f"Serving {name} at http://{shown}:{port}/v1 (Ctrl+C stops)", file=sys.stderr, flush=True)
     # A stream still open at Ctrl+C gets a few seconds, then is cut (its request is cancelled).
-    config = uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=3)
+    config = uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=3, http=DeadlineProtocol.under(limits))
     uvicorn.Server(config).run(sockets=[sock])
     return EXIT_OK
 

@@ -10,7 +10,11 @@ import base64
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, StrictBool, StrictFloat, StrictInt, StrictStr
+
+# Sampling fields take JSON values as they were sent: `true` is not 1 and "0.5" is not 0.5 (as
+# pydantic's lax mode would have it); an integer is a number. Ranges are SamplingParams' to check.
+Number = StrictFloat
 
 
 class APIError(Exception):
@@ -40,19 +44,19 @@ class SamplingFields(BaseModel):
     """What chat and text completions share. `top_k`, `min_p`, `repetition_penalty` and
     `ignore_eos` are extensions that vLLM and llama.cpp accept too."""
 
-    model: str | None = None  # None: the one model served
-    temperature: float | None = None
-    top_p: float | None = None
-    max_tokens: int | None = None
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    n: int = 1
-    stream: bool = False
+    model: StrictStr | None = None  # None: the one model served
+    temperature: Number | None = None
+    top_p: Number | None = None
+    max_tokens: StrictInt | None = None
+    stop: StrictStr | list[StrictStr] | None = None
+    seed: StrictInt | None = None
+    n: StrictInt = 1
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
-    top_k: int | None = None
-    min_p: float | None = None
-    repetition_penalty: float | None = None
-    ignore_eos: bool = False
+    top_k: StrictInt | None = None
+    min_p: Number | None = None
+    repetition_penalty: Number | None = None
+    ignore_eos: StrictBool = False
 
     @property
     def include_usage(self) -> bool:
@@ -84,7 +88,7 @@ class RequestMessage(BaseModel):
 
 class ChatCompletionRequest(SamplingFields):
     messages: list[RequestMessage]
-    max_completion_tokens: int | None = None
+    max_completion_tokens: StrictInt | None = None
     logprobs: bool | None = None
 
 

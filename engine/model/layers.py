@@ -1,13 +1,17 @@
-"""Building blocks of the Llama family: RMSNorm, rotary embedding, gated MLP."""
+"""Building blocks of the Llama family: RMSNorm weights, rotary tables, the gated MLP.
+
+The arithmetic lives in `kernels` (fused residual add + norm, SiLU x up); these modules hold the
+weights and call it."""
 from __future__ import annotations
 
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+import kernels
 from engine.model.config import ModelConfig
+from engine.model.linear import ProjLinear
 
 
 class RMSNorm(nn.Module):
@@ -16,12 +20,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalise in fp32, then scale in the model dtype, the order transformers uses.
-        dtype = x.dtype
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(dtype)
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None,
+                rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(norm(x + residual), x + residual); see kernels.add_rmsnorm."""
+        return kernels.add_rmsnorm(x, residual, self.weight, self.eps, rows)
 
 
 def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
@@ -43,7 +45,7 @@ def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
 
 
 class RotaryEmbedding(nn.Module):
-    """cos/sin for every position, computed once; a step only indexes them."""
+    """cos/sin for every position, fp32, computed once; the kernels read the row of each position."""
 
     def __init__(self, cfg: ModelConfig, max_positions: int) -> None:
         super().__init__()
@@ -53,25 +55,14 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", emb.cos(), persistent=False)
         self.register_buffer("sin", emb.sin(), persistent=False)
 
-    def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        cos = self.cos[positions].to(q.dtype)[:, None, :]
-        sin = self.sin[positions].to(q.dtype)[:, None, :]
-        return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-
 
 class GatedMLP(nn.Module):
-    """SwiGLU with gate and up fused in one matmul."""
+    """SwiGLU with gate and up fused in one matmul, and silu(gate) * up in one kernel."""
 
     def __init__(self, hidden: int, intermediate: int) -> None:
         super().__init__()
-        self.gate_up_proj = nn.Linear(hidden, 2 * intermediate, bias=False)
-        self.down_proj = nn.Linear(intermediate, hidden, bias=False)
+        self.gate_up_proj = ProjLinear(hidden, 2 * intermediate)
+        self.down_proj = ProjLinear(intermediate, hidden)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+        return self.down_proj(kernels.silu_mul(self.gate_up_proj(x)))

@@ -1,0 +1,81 @@
+"""The GPU memory budget: weights, activations, graphs and the KV pool inside one limit.
+
+With `gpu_memory_limit` the engine plans before it allocates: the weights' size is known from the
+file (packed sizes for GGUF, dense or quantized sizes for safetensors), activations are bounded
+by the largest step (`max_num_batched_tokens`), and the rest, less a margin for the CUDA context,
+is KV pool. A model that cannot fit with room for even a little context is refused with what it
+needs, and nothing is allocated. Once loaded, torch's allocator is capped at the limit, so the
+engine keeps it.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from engine.errors import ModelLoadError
+from engine.model.config import ModelConfig
+
+CONTEXT_BYTES = 600 << 20  # CUDA context, cuBLAS workspaces, Triton's modules: outside torch's count
+MIN_CONTEXT_TOKENS = 256  # a model that cannot hold this much context is refused
+UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
+         "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12, "tib": 2**40}
+
+
+def parse_size(value: str | int | float) -> int:
+    """Bytes from an int or a string like "8GiB", "7.5 GB", "512MiB"."""
+    if isinstance(value, bool):
+        raise ValueError(f"a memory size must be a number of bytes or a string like '8GiB', got {value!r}")
+    if isinstance(value, (int, float)):
+        if value <= 0:
+            raise ValueError(f"a memory size must be positive, got {value!r}")
+        return int(value)
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(value))
+    if match is None or match.group(2).lower() not in UNITS:
+        raise ValueError(f"a memory size must look like '8GiB' or '7.5 GB', got {value!r}")
+    size = int(float(match.group(1)) * UNITS[match.group(2).lower()])
+    if size <= 0:
+        raise ValueError(f"a memory size must be positive, got {value!r}")
+    return size
+
+
+def activation_bytes(cfg: ModelConfig, max_tokens: int, max_seqs: int, itemsize: int, largest_weight: int) -> int:
+    """An upper bound on one step's temporaries: the widest per-token buffers of a full prefill,
+    the logits of every sequence, and one dense copy of the largest projection (long prefills of
+    quantized weights multiply a dequantized copy)."""
+    per_token = (4 * cfg.hidden_size + (cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.head_dim
+                 + 3 * cfg.intermediate_size) * itemsize
+    logits = max_seqs * cfg.vocab_size * (itemsize + 4)
+    return int(1.25 * (max_tokens * per_token + logits)) + largest_weight
+
+
+@dataclass
+class MemoryPlan:
+    limit: int
+    weights: int
+    activations: int
+    kv_bytes_per_block: int
+    block_size: int
+
+    @property
+    def kv_blocks(self) -> int:
+        return max(0, (self.limit - CONTEXT_BYTES - self.weights - self.activations) // self.kv_bytes_per_block)
+
+    @property
+    def context_tokens(self) -> int:
+        return self.kv_blocks * self.block_size
+
+    def check(self, model: str) -> None:
+        """Refuse, before anything is allocated, a model that leaves no room for context."""
+        if self.context_tokens >= MIN_CONTEXT_TOKENS:
+            return
+        need = CONTEXT_BYTES + self.weights + self.activations + MIN_CONTEXT_TOKENS // self.block_size * \
+            self.kv_bytes_per_block
+        raise ModelLoadError(
+            f"{model} needs {gib(need)} of GPU memory (weights {gib(self.weights)}, working memory "
+            f"{gib(self.activations + CONTEXT_BYTES)}, {MIN_CONTEXT_TOKENS} tokens of context "
+            f"{gib(MIN_CONTEXT_TOKENS // self.block_size * self.kv_bytes_per_block)}) but the limit is "
+            f"{gib(self.limit)}: raise the limit, or use a quantized model or an fp8 KV cache")
+
+
+def gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB"
