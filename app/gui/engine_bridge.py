@@ -99,6 +99,14 @@ class EngineBridge(QObject):
         """Whether answers come from another machine (whose KV memory is not ours to draw)."""
         return self.backend is not None and self.backend.remote
 
+    def answering_on_gpu(self) -> bool:
+        """Whether the local engine is answering on a GPU, so the library's embedder should leave
+        that GPU to it (issue 14). Asked from the indexing worker before each embedding batch: it
+        reads one reference and one dict's truth, both safe off the GUI thread."""
+        backend = self.backend
+        return (backend is not None and not backend.remote
+                and str(getattr(backend, "device", "")).startswith("cuda") and bool(self._active))
+
     # ------------------------------------------------------------------ backend lifetime
 
     def start(self, spec: BackendSpec, description: str = "") -> None:

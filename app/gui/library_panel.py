@@ -71,12 +71,12 @@ class JobRow(QFrame):
 
     def update_job(self, job: FileJob) -> None:
         self.job = job
-        reading = job.state == READING  # no fraction to show until the text is read: a moving bar
-        self.bar.setRange(0, 0 if reading else 1000)
+        unknown = job.state == READING and job.fraction == 0  # nothing read yet (or no pages to count): a moving bar
+        self.bar.setRange(0, 0 if unknown else 1000)
         self.bar.setValue(int(job.fraction * 1000))
         self.bar.setVisible(not job.finished)
         text = _STATE_TEXT.get(job.state, job.state)
-        if reading:
+        if unknown:
             text += "…"
         elif not job.finished and job.state != "queued":
             text += f" {job.fraction:.0%}"

@@ -61,8 +61,13 @@ class LibraryService(QObject):
     documentsChanged = Signal(object)  # list[DocumentInfo]
     jobChanged = Signal(object)        # FileJob (a snapshot)
 
-    def __init__(self, folder: Path, embedder=None, parent: QObject | None = None) -> None:
+    def __init__(self, folder: Path, embedder=None, parent: QObject | None = None,
+                 engine_busy: Callable[[], bool] | None = None) -> None:
+        """`engine_busy()`, asked from the indexing worker before each embedding batch, says
+        whether the local engine is answering; while it is, a GPU embedder leaves the GPU to it
+        and embeds on the CPU (DESIGN.md: the embedder runs on the engine's device when it is idle)."""
         super().__init__(parent)
+        self._engine_busy = engine_busy
         self.folder = folder
         self.library = None            # set on the query worker once open; read-only elsewhere
         self.error: str | None = None
@@ -155,8 +160,11 @@ class LibraryService(QObject):
     def _open(self, embedder) -> None:
         try:
             heavy_imports.ensure()  # chromadb: not while the engine imports transformers
-            from rag import Library
-            self.library = Library(self.folder, embedder=embedder) if embedder else Library(self.folder)
+            from rag import Embedder, Library
+            if embedder is None:
+                busy = self._engine_busy
+                embedder = Embedder(may_use_device=(lambda: not busy()) if busy else None)
+            self.library = Library(self.folder, embedder=embedder)
         except Exception as e:  # a damaged library must not stop chatting
             log.exception("opening the library failed")
             self.error = f"The document library at {self.folder} cannot be opened: {e}"

@@ -81,7 +81,8 @@ class MainWindow(QMainWindow):
         self.resize(1200, 800)
         self.history = History(history_path(data_dir))
         self.bridge = EngineBridge(self)
-        self.library = LibraryService(library_dir(data_dir), embedder, self)
+        # the embedder the service opens (when none is given) embeds on the CPU while the engine answers on the GPU
+        self.library = LibraryService(library_dir(data_dir), embedder, self, engine_busy=self.bridge.answering_on_gpu)
         self.sessions: dict[int, ChatSession] = {}   # open tabs, by chat id
         self._closing: set[ChatSession] = set()     # closed tabs whose answer is still stopping
         self.settings_dialog: SettingsDialog | None = None

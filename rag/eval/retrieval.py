@@ -1,27 +1,30 @@
 """Retrieval quality and ingestion speed on documentation nobody here wrote: `python -m rag.eval`.
 
-The corpus is on every machine that ran `make test`: the long descriptions that installed Python
-packages ship in their METADATA, plus two real PDF manuals where the system has them. The
-questions in data/qa.jsonl were written by reading those documents. Each names its source
-and a short verbatim answer; a retrieved chunk is relevant when it comes from that source and
-contains the answer (whitespace normalised). Package docs change between versions, so a question
-whose answer no longer occurs in its source is reported and dropped, not counted as a miss.
+Every document set of `rag.eval.corpora` (package READMEs with real PDF manuals, man pages, GNU
+info manuals) is taken from this machine at run time and indexed into its own library. The
+questions in data/<set>.jsonl were written by reading those documents, phrased as a user asks
+rather than in the document's words; each names its source and a short verbatim answer, and a
+retrieved chunk is relevant when it comes from that source and contains the answer (whitespace
+normalised). A question whose answer no longer occurs in its source (another package version,
+another Debian release) is reported and dropped, not counted as a miss.
 
-Compared, on one corpus and one embedder: a naive baseline (fixed 1000-character chunks, dense
-search by brute-force cosine), the library's token-aware chunks searched dense only, keyword only,
-and hybrid (the default). Ingestion speed: PDF pages per second (load + chunk, and end to end into
-a library) and chunks embedded per second.
+Each question is in the `tune` split or the `held` split. Ranking is tuned by looking at the
+tune split only; the held split is reported beside it to show whether a change generalises.
+
+Compared per set, on one embedder: a naive baseline (fixed 1000-character windows with 200 of
+overlap, dense search by brute-force cosine), the library's chunks searched dense only, keyword
+only, with reciprocal-rank fusion (the default until issue 14), and hybrid score fusion (the
+default). Ingestion speed: PDF pages per second (load + chunk, and end to end into a library)
+and chunks embedded per second; `--speed` compares embedding paths (see rag/eval/speed.py).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import datetime
-import importlib.metadata
 import json
 import os
 import platform
-import shutil
 import statistics
 import sys
 import tempfile
@@ -35,28 +38,16 @@ import numpy as np
 
 from rag.chunking import chunk_document
 from rag.embedder import Embedder
+from rag.eval.corpora import PDFS, SETS, EvalSet, write_corpus
 from rag.eval.pdf_maker import make_pdf
 from rag.library import Library
 from rag.loaders import LoadedDocument, load_document
-from rag.retrieve import RRF_K
 
-QA_PATH = Path(__file__).with_name("data") / "qa.jsonl"
-PDFS = {
-    "libtasn1.pdf": Path("/usr/share/doc/libtasn1-doc/libtasn1.pdf"),
-    "shared-mime-info-spec.pdf": Path("/usr/share/doc/shared-mime-info/shared-mime-info-spec.pdf"),
-}
-# Package docs with no questions: they are indexed too, so that search must pick the right
-# document out of many similar ones (several are HTTP, JSON or CLI libraries like the sources).
-DISTRACTORS = (
-    "httpcore", "starlette", "uvicorn", "numpy", "scipy", "chromadb", "jsonschema", "attrs",
-    "sympy", "mmh3", "annotated-types", "narwhals", "h11", "markdown-it-py", "idna", "urllib3",
-    "sortedcontainers", "python-dateutil", "cloudpickle", "websocket-client", "networkx",
-    "scikit-learn", "fsspec", "platformdirs", "gguf",
-)
-QUICK_SOURCES = ("httpx", "pytest", "pypdf")
-QUICK_DISTRACTORS = ("uvicorn", "starlette")
+DATA = Path(__file__).with_name("data")
+SPLITS = ("tune", "held")
 QUICK_PDF = "shared-mime-info-spec.pdf"
 NAIVE_CHARS = 1000
+NAIVE_OVERLAP = 200
 KS = (1, 5)
 EMBED_SAMPLE = 512   # chunks timed for the embedding speed
 QUICK_EMBED_SAMPLE = 64
@@ -66,8 +57,9 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class QAItem:
     question: str
-    source: str           # a package name, or a PDF file name from PDFS
+    source: str           # a document key of its set: a package name, a PDF file name, `tar.1`, `sed`
     answer: str           # verbatim (up to whitespace) in the source
+    split: str = "tune"   # "tune" or "held"
     page: int | None = None
 
 
@@ -77,8 +69,21 @@ class ConfigResult:
     description: str
     num_chunks: int
     ranks: list[int | None]       # per question: rank of the first relevant hit in the top max(KS)
-    recall: dict[int, float] = field(default_factory=dict)
+    recall: dict[str, dict[int, float]] = field(default_factory=dict)   # split (or "all") -> k -> recall
     mrr: float = 0.0
+
+
+@dataclass
+class SetReport:
+    name: str
+    kind: str
+    documents: int
+    pdf_pages: int
+    items: list[QAItem]           # the questions scored, in the order of every ConfigResult.ranks
+    dropped: list[dict]
+    configs: list[ConfigResult]
+    failed_files: list[str]
+    index_s: float                # the whole set into a library: load, chunk, embed, store
 
 
 @dataclass
@@ -89,7 +94,7 @@ class Speed:
     pages_per_s_end_to_end: float | None
     chunks_embedded: int
     chunks_per_s: float
-    corpus_index_s: float         # the whole corpus into a library: load, chunk, embed, store
+    corpus_index_s: float         # every set into its library: load, chunk, embed, store
     corpus_chunks: int
 
 
@@ -98,18 +103,13 @@ class Report:
     date: str
     machine: dict
     quick: bool
-    documents: int
-    pdf_pages: int
-    items: list[QAItem]           # the questions scored, in the order of every ConfigResult.ranks
-    dropped: list[dict]
-    configs: list[ConfigResult]
+    sets: list[SetReport]
     speed: Speed
-    failed_files: list[str]
 
 
 # ---------------------------------------------------------------------------------- questions
 
-def load_qa(path: Path = QA_PATH) -> list[QAItem]:
+def load_qa(path: Path) -> list[QAItem]:
     items = []
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
@@ -117,9 +117,13 @@ def load_qa(path: Path = QA_PATH) -> list[QAItem]:
                 continue
             try:
                 row = json.loads(line)
-                items.append(QAItem(row["question"], row["source"], row["answer"], row.get("page")))
-            except (ValueError, KeyError, TypeError):
-                raise ValueError(f"{path}, line {number}: not a JSON object with question, source and answer") from None
+                split = row.get("split", "tune")
+                if split not in SPLITS:
+                    raise ValueError
+                items.append(QAItem(row["question"], row["source"], row["answer"], split, row.get("page")))
+            except (ValueError, KeyError, TypeError, AttributeError):
+                raise ValueError(f"{path}, line {number}: not a JSON object with question, source, answer "
+                                 f"and a split of {' or '.join(SPLITS)}") from None
     return items
 
 
@@ -156,49 +160,21 @@ def score(name: str, description: str, num_chunks: int, items: Sequence[QAItem],
     """`results[i]` is the best-first (source, text) list retrieved for `items[i]`."""
     ranks = [next((r + 1 for r, (src, text) in enumerate(hits[:max(KS)]) if is_relevant(item, src, text)), None)
              for item, hits in zip(items, results)]
-    n = max(len(items), 1)
-    return ConfigResult(name, description, num_chunks, ranks,
-                        {k: sum(r is not None and r <= k for r in ranks) / n for k in KS},
-                        sum(1 / r for r in ranks if r is not None) / n)
-
-
-# ---------------------------------------------------------------------------------- corpus
-
-def package_description(name: str) -> tuple[str, str] | None:
-    """The long description a package ships in its METADATA, and a file suffix for its markup."""
-    try:
-        meta = importlib.metadata.metadata(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-    body = meta.get_payload() or meta.get("Description") or ""
-    if not body.strip():
-        return None
-    kind = (meta.get("Description-Content-Type") or "").lower()
-    return body, ".md" if "markdown" in kind else ".rst" if "rst" in kind else ".txt"
-
-
-def write_corpus(folder: Path, keys: Sequence[str]) -> dict[str, Path]:
-    """Copies each available source into `folder`; missing ones are left out."""
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for key in dict.fromkeys(keys):
-        if key in PDFS:
-            if PDFS[key].is_file():
-                paths[key] = Path(shutil.copy(PDFS[key], folder / key))
-            continue
-        found = package_description(key)
-        if found is not None:
-            body, suffix = found
-            paths[key] = folder / f"{key}{suffix}"
-            paths[key].write_text(body, encoding="utf-8")
-    return paths
+    recall = {}
+    for split in (*SPLITS, "all"):
+        chosen = [r for r, item in zip(ranks, items) if split in ("all", item.split)]
+        n = max(len(chosen), 1)
+        recall[split] = {k: sum(r is not None and r <= k for r in chosen) / n for k in KS}
+    return ConfigResult(name, description, num_chunks, ranks, recall,
+                        sum(1 / r for r in ranks if r is not None) / max(len(items), 1))
 
 
 # ---------------------------------------------------------------------------------- baseline
 
-def naive_chunks(text: str, size: int = NAIVE_CHARS) -> list[str]:
-    """Fixed windows of `size` characters, no overlap, blind to words, pages and headings."""
-    return [text[i:i + size] for i in range(0, len(text), size) if text[i:i + size].strip()]
+def naive_chunks(text: str, size: int = NAIVE_CHARS, overlap: int = NAIVE_OVERLAP) -> list[str]:
+    """Windows of `size` characters every `size - overlap`, blind to words, pages and headings."""
+    step = size - overlap
+    return [text[i:i + size] for i in range(0, max(len(text) - overlap, 1), step) if text[i:i + size].strip()]
 
 
 @dataclass
@@ -256,7 +232,7 @@ def synthetic_pdfs(folder: Path, docs: dict[str, LoadedDocument], quick: bool) -
     return out
 
 
-def machine() -> dict:
+def machine(embedder: Embedder | None = None) -> dict:
     import torch
     cpu = platform.processor() or platform.machine()
     try:
@@ -266,31 +242,8 @@ def machine() -> dict:
         pass
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {"cpu": cpu, "cpus": usable, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "device": "cpu", "python": platform.python_version()}
-
-
-# ---------------------------------------------------------------------------------- the run
-
-LIBRARY_MODES = (
-    ("dense", "ours, dense", "token-aware chunks, MiniLM cosine"),
-    ("keyword", "ours, keyword", "token-aware chunks, BM25 only"),
-    ("hybrid", "hybrid (default)", f"token-aware chunks, dense + BM25, reciprocal-rank fusion (k={RRF_K})"),
-)
-
-
-def evaluate_library(lib: Library, items: Sequence[QAItem], key_of: dict[Path, str]) -> list[ConfigResult]:
-    num_chunks = sum(d.num_chunks for d in lib.documents())
-    return [score(name, description, num_chunks, items,
-                  [[(key_of.get(h.source.resolve()), h.text) for h in lib.search(i.question, max(KS), mode=mode)]
-                   for i in items])
-            for mode, name, description in LIBRARY_MODES]
-
-
-def evaluate_naive(docs: dict[str, LoadedDocument], items: Sequence[QAItem], embedder: Embedder) -> ConfigResult:
-    naive = NaiveIndex.build(docs, embedder)
-    queries = embedder.embed([i.question for i in items])
-    return score("naive", f"fixed {NAIVE_CHARS}-char chunks, no overlap, dense", len(naive.texts), items,
-                 [naive.search(q, max(KS)) for q in queries])
+            "device": embedder.device if embedder else "cpu",
+            "precision": embedder.precision if embedder else "fp32", "python": platform.python_version()}
 
 
 def measure_speed(docs: dict[str, LoadedDocument], embedder: Embedder, work: Path, quick: bool,
@@ -308,61 +261,105 @@ def measure_speed(docs: dict[str, LoadedDocument], embedder: Embedder, work: Pat
                  corpus_index_s, corpus_chunks)
 
 
-def run(quick: bool = False, qa_path: Path = QA_PATH, embedder: Embedder | None = None,
-        log: Callable[[str], None] = print) -> Report:
-    items = load_qa(qa_path)
+# ---------------------------------------------------------------------------------- the run
+
+LIBRARY_MODES = (
+    ("dense", "ours, dense", "token-aware chunks, MiniLM cosine"),
+    ("keyword", "ours, keyword", "token-aware chunks, BM25 on the question's content words"),
+    ("rrf", "ours, rank fusion", "dense + BM25, reciprocal-rank fusion (the default before issue 14)"),
+    ("hybrid", "hybrid (default)", "dense + BM25, score fusion over both rankers' candidates"),
+)
+
+
+def evaluate_library(lib: Library, items: Sequence[QAItem], key_of: dict[Path, str]) -> list[ConfigResult]:
+    num_chunks = sum(d.num_chunks for d in lib.documents())
+    return [score(name, description, num_chunks, items,
+                  [[(key_of.get(h.source.resolve()), h.text) for h in lib.search(i.question, max(KS), mode=mode)]
+                   for i in items])
+            for mode, name, description in LIBRARY_MODES]
+
+
+def evaluate_naive(docs: dict[str, LoadedDocument], items: Sequence[QAItem], embedder: Embedder) -> ConfigResult:
+    naive = NaiveIndex.build(docs, embedder)
+    queries = embedder.embed([i.question for i in items])
+    return score("naive", f"{NAIVE_CHARS}-char windows, {NAIVE_OVERLAP} overlap, dense", len(naive.texts), items,
+                 [naive.search(q, max(KS)) for q in queries])
+
+
+def run_set(eval_set: EvalSet, work: Path, embedder: Embedder, quick: bool,
+            log: Callable[[str], None]) -> tuple[SetReport, dict[str, LoadedDocument]]:
+    items = load_qa(DATA / eval_set.questions)
     if quick:
-        items = [i for i in items if i.source in QUICK_SOURCES]
-    with tempfile.TemporaryDirectory(prefix="folio-eval-") as tmp:
-        work = Path(tmp)
-        distractors = QUICK_DISTRACTORS if quick else DISTRACTORS
-        paths = write_corpus(work / "corpus", [i.source for i in items] + list(distractors))
-        log(f"corpus: {len(paths)} documents")
-        docs = {key: load_document(path) for key, path in paths.items()}
-        items, dropped = check_answers(items, docs)
-
-        embedder = embedder or Embedder(device="cpu", batch_size=64)
-        embedder.embed(["warm up"])  # loading the model is not part of any timing
-        log("indexing the corpus into a library...")
-        with Library(work / "library", embedder=embedder) as lib:
-            added, index_s = timed(lambda: lib.add(list(paths.values())))
-            key_of = {path.resolve(): key for key, path in paths.items()}
-            indexed = {key_of[r.path.resolve()] for r in added.added}
-            dropped += [{"question": i.question, "source": i.source, "reason": "source failed to index"}
-                        for i in items if i.source not in indexed]
-            items = [i for i in items if i.source in indexed]
-            docs = {k: d for k, d in docs.items() if k in indexed}
-            log("searching...")
-            configs = evaluate_library(lib, items, key_of)
-            corpus_chunks = configs[0].num_chunks
-        log("embedding the naive baseline...")
-        configs.insert(0, evaluate_naive(docs, items, embedder))
-        log("timing ingestion...")
-        speed = measure_speed(docs, embedder, work, quick, corpus_chunks, index_s)
-
+        items = [i for i in items if i.source in eval_set.quick_sources]
+    distractors = eval_set.quick_distractors if quick else eval_set.distractors
+    paths = write_corpus(eval_set, work / "corpus", [i.source for i in items] + list(distractors))
+    log(f"{eval_set.name}: {len(paths)} documents, indexing...")
+    docs = {key: load_document(path) for key, path in paths.items()}
+    items, dropped = check_answers(items, docs)
+    with Library(work / "library", embedder=embedder) as lib:
+        added, index_s = timed(lambda: lib.add(list(paths.values())))
+        key_of = {path.resolve(): key for key, path in paths.items()}
+        indexed = {key_of[r.path.resolve()] for r in added.added}
+        dropped += [{"question": i.question, "source": i.source, "reason": "source failed to index"}
+                    for i in items if i.source not in indexed]
+        items = [i for i in items if i.source in indexed]
+        docs = {k: d for k, d in docs.items() if k in indexed}
+        log(f"{eval_set.name}: searching...")
+        configs = evaluate_library(lib, items, key_of)
+    log(f"{eval_set.name}: embedding the naive baseline...")
+    configs.insert(0, evaluate_naive(docs, items, embedder))
     failed = [f"{r.path.name}: {r.status} ({r.error})" for r in added.results if r.status != "added"]
     pdf_pages = sum(d.num_pages or 0 for k, d in docs.items() if k in PDFS)
-    return Report(datetime.date.today().isoformat(), machine(), quick, len(paths), pdf_pages, items, dropped,
-                  configs, speed, failed)
+    return SetReport(eval_set.name, eval_set.kind, len(paths), pdf_pages, items, dropped, configs, failed,
+                     index_s), docs
+
+
+def run(quick: bool = False, sets: Sequence[str] = tuple(SETS), embedder: Embedder | None = None,
+        log: Callable[[str], None] = print) -> Report:
+    embedder = embedder or Embedder()
+    embedder.embed(["warm up"])  # loading the model is not part of any timing
+    reports, all_docs = [], {}
+    with tempfile.TemporaryDirectory(prefix="folio-eval-") as tmp:
+        for name in sets:
+            report, docs = run_set(SETS[name], Path(tmp) / name, embedder, quick, log)
+            reports.append(report)
+            all_docs.update({f"{name}/{k}": d for k, d in docs.items()})
+        log("timing ingestion...")
+        chunks = sum(r.configs[1].num_chunks for r in reports if r.configs)
+        speed = measure_speed(all_docs, embedder, Path(tmp), quick, chunks, sum(r.index_s for r in reports))
+    return Report(datetime.date.today().isoformat(), machine(embedder), quick, reports, speed)
 
 
 # ---------------------------------------------------------------------------------- output
+
+def format_set(s: SetReport) -> list[str]:
+    counts = {split: sum(i.split == split for i in s.items) for split in SPLITS}
+    lines = [
+        f"### {s.name}: {s.kind}",
+        (f"{s.documents} documents ({s.pdf_pages} PDF pages); {len(s.items)} questions over "
+         f"{len({i.source for i in s.items})} documents ({counts['tune']} tune, {counts['held']} held back); "
+         f"{len(s.dropped)} dropped; indexed in {s.index_s:.1f} s"),
+        "",
+        "| configuration | chunks | tune r@1 | tune r@5 | held r@1 | held r@5 | all MRR@5 |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for c in s.configs:
+        cells = [f"{c.recall[split][k]:.3f}" for split in SPLITS for k in KS]
+        lines.append(f"| {c.name}: {c.description} | {c.num_chunks} | " + " | ".join(cells) + f" | {c.mrr:.3f} |")
+    lines += [f"failed to index: {f}" for f in s.failed_files]
+    lines += [f"dropped: [{d['source']}] {d['question']} ({d['reason']})" for d in s.dropped]
+    return lines
+
 
 def format_report(report: Report) -> str:
     m, s = report.machine, report.speed
     lines = [
         f"Folio retrieval eval{' (quick)' if report.quick else ''}, {report.date}",
         (f"Machine: {m['cpu']}, {m['cpus']} CPUs usable, torch {m['torch']} on {m['device']} "
-         f"({m['torch_threads']} threads), Python {m['python']}"),
-        (f"Corpus: {report.documents} documents ({report.pdf_pages} PDF pages); {len(report.items)} questions "
-         f"over {len({i.source for i in report.items})} documents; {len(report.dropped)} dropped"),
-        "",
-        "| configuration | chunks | " + " | ".join(f"recall@{k}" for k in KS) + " | MRR@5 |",
-        "|---|---:|" + "---:|" * len(KS) + "---:|",
+         f"({m['precision']}, {m['torch_threads']} threads), Python {m['python']}"),
     ]
-    for c in report.configs:
-        lines.append(f"| {c.name}: {c.description} | {c.num_chunks} | "
-                     + " | ".join(f"{c.recall[k]:.3f}" for k in KS) + f" | {c.mrr:.3f} |")
+    for set_report in report.sets:
+        lines += ["", *format_set(set_report)]
 
     def rate(x: float | None, unit: str) -> str:
         return "n/a" if x is None else f"{x:.1f} {unit}"
@@ -373,46 +370,56 @@ def format_report(report: Report) -> str:
         "|---|---:|",
         f"| PDF, load + chunk ({s.pdf_pages} pages: {s.pdf_source}) | {rate(s.pages_per_s_load_chunk, 'pages/s')} |",
         f"| PDF, end to end into a library (load, chunk, embed, store) | {rate(s.pages_per_s_end_to_end, 'pages/s')} |",
-        f"| embedding, {s.chunks_embedded} token-aware chunks (CPU, batch 64) | {rate(s.chunks_per_s, 'chunks/s')} |",
-        (f"| whole corpus into a library ({s.corpus_chunks} chunks in {s.corpus_index_s:.1f} s) "
+        f"| embedding, {s.chunks_embedded} token-aware chunks ({m['device']}, {m['precision']}) "
+        f"| {rate(s.chunks_per_s, 'chunks/s')} |",
+        (f"| every set into its library ({s.corpus_chunks} chunks in {s.corpus_index_s:.1f} s) "
          f"| {rate(s.corpus_chunks / s.corpus_index_s if s.corpus_index_s else None, 'chunks/s')} |"),
     ]
-    for f in report.failed_files:
-        lines.append(f"failed to index: {f}")
-    for d in report.dropped:
-        lines.append(f"dropped: [{d['source']}] {d['question']} ({d['reason']})")
     return "\n".join(lines)
 
 
-def format_misses(report: Report) -> str:
+def format_misses(report: Report, split: str = "tune") -> str:
+    """The `split` questions each configuration missed (tune by default: the held split is not for
+    reading while tuning)."""
     lines = []
-    for c in report.configs:
-        missed = [i for i, r in zip(report.items, c.ranks) if r is None]
-        lines.append(f"\n{c.name}: {len(missed)} questions without a relevant chunk in the top {max(KS)}")
-        lines += [f"  [{i.source}] {i.question}  (answer: {i.answer!r})" for i in missed]
+    for s in report.sets:
+        for c in s.configs:
+            missed = [i for i, r in zip(s.items, c.ranks) if r is None and i.split == split]
+            lines.append(f"\n{s.name}, {c.name}: {len(missed)} {split} questions without a relevant chunk "
+                         f"in the top {max(KS)}")
+            lines += [f"  [{i.source}] {i.question}  (answer: {i.answer!r})" for i in missed]
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rag.eval", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a few documents and questions (for the tests)")
+    parser.add_argument("--quick", action="store_true", help="a few documents and questions per set (for the tests)")
+    parser.add_argument("--set", dest="sets", action="append", choices=list(SETS),
+                        help="run only this set (repeatable; default: every set)")
     parser.add_argument("--json", metavar="OUT", type=Path, help="also write every number to this JSON file")
-    parser.add_argument("--misses", action="store_true", help="list the questions each configuration missed")
-    parser.add_argument("--qa", type=Path, default=QA_PATH, help="the question file (JSON lines)")
+    parser.add_argument("--misses", action="store_true", help="list the tune questions each configuration missed")
+    parser.add_argument("--speed", action="store_true",
+                        help="compare embedding paths on the same chunks instead (see rag/eval/speed.py)")
+    parser.add_argument("--device", default=None, help="with --speed: also time this device, e.g. cuda")
+    parser.add_argument("--model", metavar="DIR", default=None,
+                        help="with --speed: a sentence-transformers folder instead of the bundled MiniLM package")
     args = parser.parse_args(argv)
-    if not args.qa.is_file():
-        print(f"error: no question file at {args.qa}", file=sys.stderr)
-        return 2
-    try:
-        load_qa(args.qa)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if args.speed:
+        from rag.eval.speed import main as speed_main
+        return speed_main(quick=args.quick, device=args.device, json_out=args.json, model_path=args.model)
+    if args.model is not None:
+        parser.error("--model goes with --speed (the eval always uses the bundled model)")
+    for name in args.sets or SETS:
+        try:
+            load_qa(DATA / SETS[name].questions)
+        except (OSError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
 
     def progress(message: str) -> None:  # on stderr: stdout carries only the report
         print(message, file=sys.stderr, flush=True)
 
-    report = run(quick=args.quick, qa_path=args.qa, log=progress)
+    report = run(quick=args.quick, sets=args.sets or tuple(SETS), log=progress)
     print(format_report(report))
     if args.misses:
         print(format_misses(report))
@@ -423,4 +430,3 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: cannot write {args.json}: {e.strerror or e}", file=sys.stderr)
             return 1
     return 0
-

@@ -77,8 +77,11 @@ def is_supported(path: str | Path) -> bool:
     return Path(path).suffix.lower() in SUPPORTED_SUFFIXES
 
 
-def load_document(path: str | Path, *, max_chars: int = MAX_TEXT_CHARS) -> LoadedDocument:
-    """Read one file; raises a `DocumentError` subclass for anything wrong with the file itself."""
+def load_document(path: str | Path, *, max_chars: int = MAX_TEXT_CHARS,
+                  progress: Callable[[int, int], None] | None = None) -> LoadedDocument:
+    """Read one file; raises a `DocumentError` subclass for anything wrong with the file itself.
+    `progress(done, total)` reports pages as they are read, for the formats read page by page
+    (PDF); the others are read in one go and report nothing."""
     path = Path(path)
     kind = _KIND_BY_SUFFIX.get(path.suffix.lower())
     if kind is None:
@@ -90,7 +93,7 @@ def load_document(path: str | Path, *, max_chars: int = MAX_TEXT_CHARS) -> Loade
             raise error(MissingDocument, path, "is a folder, not a file")
         if not stat.S_ISREG(mode):  # reading a pipe or /dev/zero would never end
             raise error(UnsupportedDocument, path, NOT_A_REGULAR_FILE)
-        document = _LOADERS[kind](path, max_chars)
+        document = load_pdf(path, max_chars, progress) if kind == "pdf" else _LOADERS[kind](path, max_chars)
     except FileNotFoundError:
         raise error(MissingDocument, path, "file not found (moved or deleted?)") from None
     except PermissionError:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from rag.loaders.base import (
@@ -27,7 +28,8 @@ _PDF_HYPHEN_MARKS = dict.fromkeys(map(ord, "\ufffe\x02"))
 _PDF_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
-def load_pdf(path: Path, max_chars: int) -> LoadedDocument:
+def load_pdf(path: Path, max_chars: int, progress: Callable[[int, int], None] | None = None) -> LoadedDocument:
+    """`progress(pages_read, num_pages)` after each page: a long PDF takes seconds to read."""
     import pypdfium2 as pdfium
 
     budget = TextBudget(path, max_chars)
@@ -45,6 +47,8 @@ def load_pdf(path: Path, max_chars: int) -> LoadedDocument:
                 if text:
                     budget.spend(len(text) + len(PARAGRAPH_BREAK))
                 parts.append(Part(text, page=index + 1))
+                if progress is not None:
+                    progress(index + 1, num_pages)
         finally:
             pdf.close()
     if num_pages == 0:
