@@ -16,6 +16,7 @@ from os import PathLike
 
 import numpy as np
 
+from engine import kv_scales
 from engine.block_manager import BlockManager
 from engine.config import EngineConfig
 from engine.errors import ModelLoadError, RequestError
@@ -48,7 +49,8 @@ class LLMEngine:
         limit = min(cfg.max_model_len or model_config.max_position_embeddings, model_config.max_position_embeddings)
         self.model_path = source.gguf or source.folder
         self.source = source
-        self._setup(cfg, model_config, tok, ModelRunner(cfg, model_config, source, limit), limit)
+        calibration = kv_scales.calibration_ids(tok) if cfg.kv_cache_dtype == "fp8" else None
+        self._setup(cfg, model_config, tok, ModelRunner(cfg, model_config, source, limit, calibration), limit)
 
     @classmethod
     def with_runner(cls, config: EngineConfig, model_config: ModelConfig, tokenizer: Tokenizer, runner,

@@ -19,6 +19,7 @@ from engine.config import EngineConfig
 from engine.cuda_graphs import DecodeGraphs, PrefillGraphs
 from engine.input_batch import InputBatch
 from engine.loader import ModelSource, load_model, weight_sizes
+from engine import kv_scales
 from engine.memory import MemoryPlan, activation_bytes
 from engine.model.attention import AttentionMetadata
 from engine.model.config import ModelConfig
@@ -56,7 +57,8 @@ class InFlightStep:
 
 class ModelRunner:
     def __init__(self, config: EngineConfig, model_config: ModelConfig, source: ModelSource,
-                 max_positions: int) -> None:
+                 max_positions: int, calibration_ids: list[int] | None = None) -> None:
+        """`calibration_ids`: the text an fp8 KV cache's per-layer scales are measured on."""
         self.config = config
         self.model_config = model_config
         self.device = torch.device(config.device)
@@ -81,6 +83,8 @@ class ModelRunner:
             torch.cuda.set_per_process_memory_fraction(min(1.0, config.gpu_memory_limit / total),
                                                        self.device.index if self.device.index is not None
                                                        else torch.cuda.current_device())
+        if config.kv_dtype == torch.float8_e4m3fn and calibration_ids:  # before any KV or graph exists
+            kv_scales.fold(self.model, kv_scales.measure(self.model, calibration_ids, self.block_size, config.dtype))
         self.num_blocks = self._num_kv_blocks()
         c = model_config
         # One allocation for every layer's K and V: [2, layers, blocks, block_size, kv_heads, head_dim].

@@ -36,14 +36,18 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
             self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
         self.k_cache = self.v_cache = torch.empty(0)
+        self.kv_factors = (1.0, 1.0)  # K and V as stored = f * K, f * V (engine/kv_scales.py)
         self._weights: AttentionWeights | None = None
 
     def forward(self, x: torch.Tensor, rope: RotaryEmbedding, meta: AttentionMetadata) -> torch.Tensor:
         if self._weights is None or self._weights.cos is not rope.cos:
             self._weights = AttentionWeights(
-                self.num_heads, self.num_kv_heads, self.head_dim, self.scale, rope.cos, rope.sin,
-                self.q_norm.weight if self.qk_norm else None, self.k_norm.weight if self.qk_norm else None, self.eps)
+                self.num_heads, self.num_kv_heads, self.head_dim, self.scale / self.kv_factors[0], rope.cos,
+                rope.sin, self.q_norm.weight if self.qk_norm else None, self.k_norm.weight if self.qk_norm else None,
+                self.eps)
         o = paged_attention(self.qkv_proj(x), self.k_cache, self.v_cache, meta, self._weights)
+        if self.kv_factors[1] != 1.0:
+            o.mul_(1.0 / self.kv_factors[1])
         return self.o_proj(o.view(x.shape[0], self.q_size))
 
 
