@@ -46,6 +46,9 @@ class BlockManager:
         self.num_queried_tokens = 0
         self.num_hit_tokens = 0
         self._last_hit: tuple[list[int], np.ndarray, np.ndarray, np.ndarray] | None = None
+        # the last sequence keyed: its tokens, block keys and chain states (see _chain)
+        self._last_chain: tuple[np.ndarray, list[int], np.ndarray] = (
+            np.zeros(0, dtype=np.int64), [], np.zeros(0, dtype=np.uint64))
 
     @property
     def num_blocks(self) -> int:
@@ -61,13 +64,29 @@ class BlockManager:
         bs = self.block_size
         full = seq.num_tokens // bs
         if not keys and full:
-            keys[:], seq.hash_state = self.hasher.chain(seq.tokens_between(0, full * bs))
+            keys[:], seq.hash_state = self._chain(seq.tokens_between(0, full * bs))
         while len(keys) < full:
             i = len(keys)
             state = self.hasher.model_key if seq.hash_state is None else seq.hash_state
             key, seq.hash_state = self.hasher.extend(state, seq.tokens_between(i * bs, (i + 1) * bs))
             keys.append(key)
         return keys
+
+    def _chain(self, tokens: np.ndarray) -> tuple[list[int], int]:
+        """A new sequence's keys, reusing those of the blocks it shares with the last sequence
+        keyed (chats arriving together over one document hash it once, not once each)."""
+        bs = self.block_size
+        last_tokens, last_keys, last_states = self._last_chain
+        common = min(len(tokens), len(last_tokens)) // bs
+        m = 0
+        if common:
+            same = (tokens[:common * bs] == last_tokens[:common * bs]).reshape(common, bs).all(axis=1)
+            m = common if same.all() else int(np.argmin(same))
+        state = int(last_states[m - 1]) if m else self.hasher.model_key
+        rest, states = self.hasher.chain_states(tokens[m * bs:], state)
+        keys = last_keys[:m] + rest
+        self._last_chain = (tokens, keys, np.concatenate([last_states[:m], states]))
+        return keys, int(self._last_chain[2][-1]) if keys else self.hasher.model_key
 
     def find_prefix(self, seq: Sequence) -> PrefixHit:
         """Longest run of cached full blocks that starts the sequence.

@@ -55,16 +55,21 @@ class PrefixHasher:
 
     def chain(self, tokens: np.ndarray) -> tuple[list[int], int]:
         """(keys of every full block of `tokens`, the chain state after the last one)."""
+        keys, states = self.chain_states(tokens, self.model_key)
+        return keys, int(states[-1]) if len(states) else self.model_key
+
+    def chain_states(self, tokens: np.ndarray, state: int) -> tuple[list[int], np.ndarray]:
+        """(keys of every full block of `tokens` after chain state `state`, the state after each)."""
         d = self.digests(tokens)
         k = len(d)
         if k == 0:
-            return [], self.model_key
+            return [], np.zeros(0, dtype=np.uint64)
         self._grow(k)
         with np.errstate(over="ignore"):
-            s = np.cumsum(d * self._inv[:k], dtype=np.uint64) + np.uint64(P * self.model_key & MASK64)
+            s = np.cumsum(d * self._inv[:k], dtype=np.uint64) + np.uint64(P * state & MASK64)
             h = s * self._pow[:k]
             keys = fmix64(h)
-        return keys.tolist(), int(h[-1])
+        return keys.tolist(), h
 
     def extend(self, state: int, block_tokens: np.ndarray) -> tuple[int, int]:
         """(key, new state) of one more block after the chain state `state`."""

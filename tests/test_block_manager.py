@@ -43,8 +43,9 @@ def toks(*values) -> np.ndarray:
 class ConstantHasher(PrefixHasher):
     """Every block gets the same key: only the token and parent checks tell blocks apart."""
 
-    def chain(self, tokens):
-        return [42] * (len(tokens) // self.block_size), 0
+    def chain_states(self, tokens, state):
+        k = len(tokens) // self.block_size
+        return [42] * k, np.zeros(k, dtype=np.uint64)
 
     def extend(self, state, block_tokens):
         return 42, 0
@@ -735,3 +736,19 @@ def test_a_long_prompt_hits_every_block_it_shares():
     edited[3000] += 1
     c = make_seq(2, edited + [4])
     assert bm.find_prefix(c).blocks.tolist() == a.block_table[:3000 // bs]
+
+
+def test_a_sequence_sharing_blocks_with_the_last_one_reuses_their_keys():
+    """Chats over one document hash it once: the keys of shared leading blocks are taken from the
+    last sequence keyed, and equal what a fresh hash gives; where the tokens part, hashing resumes."""
+    bs = 4
+    bm = BlockManager(32, bs)
+    doc = list(range(100, 120))  # five full blocks
+    a, b = make_seq(0, doc + [1, 2, 3, 4]), make_seq(1, doc + [5, 6, 7, 8])
+    fresh = BlockManager(32, bs)
+    assert bm.block_keys(a) == fresh.block_keys(make_seq(2, doc + [1, 2, 3, 4]))
+    keys_b = bm.block_keys(b)
+    assert keys_b == fresh.block_keys(make_seq(3, doc + [5, 6, 7, 8]))
+    assert keys_b[:5] == bm.block_keys(a)[:5] and keys_b[5] != bm.block_keys(a)[5]
+    c = make_seq(4, [999] + doc[1:] + [1, 2, 3, 4])  # parts at the first block: nothing shared
+    assert bm.block_keys(c) == fresh.block_keys(make_seq(5, [999] + doc[1:] + [1, 2, 3, 4]))

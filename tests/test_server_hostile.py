@@ -30,16 +30,24 @@ STREAM_TOKENS = 64
 
 @pytest.fixture(scope="module")
 def model_without_template(tmp_path_factory) -> Path:
-    """The bundled model's folder, its weights linked, its chat template left out."""
-    from engine.loader import resolve_model
+    """The bundled model as a Hugging Face folder (its GGUF's tensors, dequantized, in
+    safetensors), its chat template left out."""
+    from safetensors.torch import save_file
+
+    from engine import gguf_file
+    from engine.loader import read_config, resolve_model
+    from kernels.quant import QuantWeight, dequantize
     source = resolve_model(None)
     folder = tmp_path_factory.mktemp("no-template") / "smol-no-template"
     folder.mkdir()
     for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json"):
-        if (source / name).exists():
-            (folder / name).write_bytes((source / name).read_bytes())
-    for weights in source.glob("*.safetensors"):
-        (folder / weights.name).symlink_to(weights)
+        if (source.folder / name).exists():
+            (folder / name).write_bytes((source.folder / name).read_bytes())
+    cfg = read_config(source)
+    tensors = {name: (dequantize(t) if isinstance(t, QuantWeight) else t).contiguous()
+               for name, t in gguf_file.iter_tensors(gguf_file.open_reader(source.gguf), cfg.num_heads,
+                                                     cfg.num_kv_heads)}
+    save_file(tensors, str(folder / "model.safetensors"))
     config = json.loads((folder / "tokenizer_config.json").read_text())
     config.pop("chat_template", None)
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
