@@ -84,6 +84,23 @@ class DiskKVStore:
 
     # ------------------------------------------------------------------ reading
 
+    def prefetch(self, keys: list[int]) -> None:
+        """Start reading the files of these blocks (those that exist, up to the first missing
+        one) in the background, so that reading them one by one goes at the disk's speed."""
+        if not hasattr(os, "posix_fadvise"):
+            return
+        for key in keys:
+            try:
+                fd = os.open(self.path(key), os.O_RDONLY)
+            except OSError:
+                return
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+
     def read_into(self, key: int, parent_key: int, digest: bytes, tokens: np.ndarray, out: np.ndarray) -> bool:
         """Read the block into `out` (uint8, the payload's size) if its file is there, whole and
         exactly this block; False otherwise (`out` then holds garbage)."""

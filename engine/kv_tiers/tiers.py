@@ -74,12 +74,16 @@ class KVTiers:
         most `limit`. Disk hits are read into RAM slots now."""
         digest = self.digest_of(parent_block)
         hits: list[TierLoad] = []
-        for key, toks in zip(keys[:limit], tokens):
+        prefetched = False
+        for j, (key, toks) in enumerate(zip(keys[:limit], tokens)):
             digest, found = chain_digest(digest, toks), None
             slot = self.host.find(key, digest, toks)
             if slot is not None:
                 found = TierLoad(key, slot, digest, "disk" if self.host.from_disk[slot] else "ram")
             elif self.disk is not None and self.disk.has(key):
+                if not prefetched:  # the rest of the prefix is likely on disk too: read ahead
+                    self.disk.prefetch(keys[j:limit])
+                    prefetched = True
                 found = self._read_disk(key, parent_key, digest, toks)
             if found is None:
                 break
