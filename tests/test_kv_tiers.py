@@ -310,3 +310,32 @@ def test_two_processes_writing_the_same_blocks(tmp_path):
     assert capped.known and not list((tmp_path / "capped").glob(TMP_PREFIX + "*"))
     for key in capped.known:  # each other's deletions tolerated; what is left is whole
         assert np.array_equal(get(capped, key), payload(key, nbytes))
+
+
+# --------------------------------------------------------------------------- folio cache
+
+def test_folio_cache_stats_and_clear(tmp_path):
+    store = DiskKVStore(tmp_path / "model", FP, LAYOUT, BS, 1 << 30, description="tiny.gguf")
+    for key in range(3):
+        put(store, key)
+    code = ("import sys; from app.cli.main import main; rc = main(sys.argv[1:]); "
+            "assert 'torch' not in sys.modules, 'folio cache loaded torch'; sys.exit(rc)")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    stats = subprocess.run([sys.executable, "-c", code, "cache", "--stats", "--dir", str(tmp_path)],
+                           capture_output=True, text=True, env=env)
+    assert stats.returncode == 0, stats.stderr
+    assert "tiny.gguf: 3 blocks" in stats.stdout
+    cleared = subprocess.run([sys.executable, "-c", code, "cache", "--clear", "--dir", str(tmp_path)],
+                             capture_output=True, text=True, env=env)
+    assert cleared.returncode == 0 and "Removed 3 blocks" in cleared.stdout
+    assert not list(tmp_path.rglob("*.kv"))
+    assert put(store, 7) and get(store, 7) is not None  # a store in use carries on after a clear
+
+
+def test_stat_line_says_where_cached_tokens_came_from():
+    from app.cli.chat import format_stat_line
+    from engine.outputs import RequestMetrics
+    m = RequestMetrics(num_prompt_tokens=4120, num_cached_tokens=4096, num_generated_tokens=8, arrival_time=1.0,
+                       first_token_time=1.5, finish_time=2.0, num_ram_cached_tokens=96, num_disk_cached_tokens=4000)
+    assert m.num_device_cached_tokens == 0 and m.num_computed_prompt_tokens == 24
+    assert format_stat_line(m, "stop").endswith("cached 4096/4120 prompt tokens · 96 from RAM, 4000 from disk]")

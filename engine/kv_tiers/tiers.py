@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.cache_dir import kv_cache_root
 from engine.kv_tiers.copies import CopyPlan, KVCopier
 from engine.kv_tiers.disk_store import BlockLayout, DiskKVStore
 from engine.kv_tiers.disk_writer import DiskWriter, WriteJob
@@ -190,8 +191,7 @@ def build_tiers(config, kv_cache, fingerprint: bytes, root_key: int, description
     host = HostKVPool(max(1, config.host_kv_cache // copier.block_bytes), copier.block_bytes, bs, copier.cuda)
     disk = writer = None
     if config.disk_kv_cache:
-        from engine.loader import cache_root
-        folder = Path(config.disk_kv_dir or cache_root() / "kv") / fingerprint.hex()
+        folder = Path(config.disk_kv_dir or kv_cache_root()) / fingerprint.hex()
         shape = tuple(kv_cache.shape[:2]) + tuple(kv_cache.shape[3:])
         layout = BlockLayout(str(kv_cache.dtype).removeprefix("torch."), shape, copier.block_bytes)
         try:
