@@ -51,7 +51,8 @@ class DiskWriter:
 
     def rows(self) -> torch.Tensor:
         if self.staging is None:
-            self.staging = torch.empty((self.num_rows, self.store.layout.nbytes), dtype=torch.uint8, pin_memory=self.pin)
+            self.staging = torch.empty((self.num_rows, self.store.layout.nbytes), dtype=torch.uint8,
+                                       pin_memory=self.pin)
         return self.staging
 
     def take_row(self) -> int | None:
