@@ -7,38 +7,54 @@ the step's forward pass.
 Prefix-cache keys come from `PrefixHasher`: a prompt's keys are computed once, with array
 operations, when it is first looked up; a block filled by generated tokens gets its key when
 it is published. A hit is confirmed by tokens and parent chain (`BlockPool.match`).
+
+With KV tiers (engine/kv_tiers), a device miss looks in host RAM and on disk: the blocks found
+there get fresh device blocks, are published at once as if computed, and the tiers copy them in
+before the step's forward pass. Such blocks are referenced and released like any other, so the
+accounting is the same whichever tier a block came from.
 """
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from engine.block_pool import BlockPool
+from engine.kv_tiers.tiers import KVTiers, TierLoad
 from engine.prefix_hash import PrefixHasher
 from engine.sequence import Sequence
 
 
 @dataclass
 class PrefixHit:
-    """The longest cached prefix of a sequence, and whether the block after it is being computed
-    right now by another sequence (then waiting a step beats computing it twice)."""
+    """The longest cached prefix of a sequence: device blocks, then blocks found in RAM or on disk;
+    and whether the block after the device ones is being computed right now by another sequence
+    (then waiting a step beats computing it twice)."""
 
-    blocks: np.ndarray  # block ids, int64
+    blocks: np.ndarray  # device block ids, int64
     next_block_pending: bool
+    loads: list[TierLoad] = field(default_factory=list)
 
     @property
     def num_blocks(self) -> int:
-        return len(self.blocks)
+        """All blocks of the hit, whatever their tier: the tokens before them need no computing."""
+        return len(self.blocks) + len(self.loads)
+
+    def num_from(self, tier: str) -> int:
+        return sum(h.tier == tier for h in self.loads)
 
 
 class BlockManager:
     def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True,
-                 model_key: int = 0) -> None:
+                 model_key: int = 0, tiers: KVTiers | None = None) -> None:
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
         self.pool = BlockPool(num_blocks, block_size)
+        self.tiers = tiers if enable_prefix_caching else None
+        if self.tiers is not None:
+            pool = self.pool
+            self.pool.on_evict = lambda b: self.tiers.evicted(b, pool.block_key[b], pool.tokens[b])
         self.hasher = PrefixHasher(block_size, model_key)
         self._num_committed: dict[int, int] = {}  # seq_id -> full blocks already published
         self._pending: Counter[int] = Counter()  # keys of full blocks allocated but not computed
@@ -106,7 +122,15 @@ class BlockManager:
             self._last_hit = (keys[:len(blocks)], tokens[:len(blocks)], blocks, self.pool.gen[blocks])
         nxt = len(blocks)
         pending = nxt < max_blocks and self._pending[keys[nxt]] > 0
-        return PrefixHit(blocks, pending)
+        loads: list[TierLoad] = []
+        if self.tiers is not None and nxt < max_blocks and not pending:
+            # Each load takes a free block; leave one for the tokens after the hit.
+            room = self.pool.num_free - int((self.pool.ref_cnt[blocks] == 0).sum()) - 1
+            if room > 0:
+                parent = int(blocks[-1]) if nxt else -1
+                parent_key = keys[nxt - 1] if nxt else self.hasher.model_key
+                loads = self.tiers.lookup(keys[nxt:max_blocks], tokens[nxt:], parent, parent_key, room)
+        return PrefixHit(blocks, pending, loads)
 
     def _repeat_hit(self, keys: list[int], tokens: np.ndarray, max_blocks: int) -> np.ndarray | None:
         """The last hit again, when this sequence starts with the same keys and tokens and those
@@ -143,12 +167,15 @@ class BlockManager:
         cow = (num_new_tokens > 0 and write_idx < len(seq.block_table)
                and pool.ref_cnt[seq.block_table[write_idx]] > 1)
         revived = int((pool.ref_cnt[hit.blocks] == 0).sum()) if num_hit else 0
-        if num_new_blocks + int(cow) + revived > pool.num_free:
+        num_loads = len(hit.loads) if hit is not None else 0
+        if num_loads + num_new_blocks + int(cow) + revived > pool.num_free:
             return None
 
         if num_hit:
             pool.touch(hit.blocks)
             seq.block_table = hit.blocks.tolist()
+            if num_loads:
+                self._load(seq, hit.loads)
             seq.num_computed_tokens = num_computed
             self._num_committed[seq.seq_id] = num_hit  # published already: commit() starts after them
         if hit is not None:
@@ -166,7 +193,40 @@ class BlockManager:
         if num_new_blocks:
             seq.block_table.extend(pool.allocate(num_new_blocks))
         self._mark_pending(seq, first_new)
+        if self.tiers is not None:
+            if num_hit and self.tiers.wants_disk(seq.num_prompt_tokens):
+                self._write_through(seq, 0, num_hit)  # a long prompt's prefix, however it was found
+            self.tiers.flush()
         return copies
+
+    def _load(self, seq: Sequence, loads: list[TierLoad]) -> None:
+        """Fresh device blocks for tier hits, published as computed (their KV is copied in before
+        the step runs)."""
+        bs = self.block_size
+        start = len(seq.block_table)
+        self.tiers.lock(loads)  # allocating evicts into RAM: not into the slots being loaded from
+        blocks = self.pool.allocate(len(loads))
+        self.tiers.load(loads, blocks)
+        tokens = seq.tokens_between(start * bs, (start + len(loads)) * bs).reshape(len(loads), bs)
+        keys = self.block_keys(seq)
+        for i, b in enumerate(blocks):
+            self.pool.cache(b, keys[start + i], seq.block_table[-1] if seq.block_table else -1, tokens[i])
+            seq.block_table.append(b)
+
+    def _write_through(self, seq: Sequence, start: int, end: int) -> None:
+        """Queue the sequence's cached full blocks [start, end) for disk (those not there yet)."""
+        table = np.asarray(seq.block_table[start:end], dtype=np.int64)
+        missing = np.flatnonzero(~self.tiers.on_disk[table] & self.pool.is_cached[table])
+        if not len(missing):
+            return
+        keys = self.block_keys(seq)
+        bs = self.block_size
+        for j in (start + missing).tolist():
+            block = seq.block_table[j]
+            if self.pool.cached.get(keys[j]) != block:
+                continue  # another block holds this key: that one is the cached copy
+            self.tiers.write_through(block, keys[j], keys[j - 1] if j else self.hasher.model_key,
+                                     seq.tokens_between(j * bs, (j + 1) * bs))
 
     def _mark_pending(self, seq: Sequence, first_new: int) -> None:
         """New blocks whose tokens are all known will become cached blocks once computed."""
@@ -195,12 +255,18 @@ class BlockManager:
         table = seq.block_table
         tokens = seq.tokens_between(start * bs, end * bs).reshape(end - start, bs)
         mine = self._pending_by_seq.get(seq.seq_id)
+        tiers = self.tiers
         for i in range(start, end):
+            if tiers is not None:
+                tiers.published(table[i], table[i - 1] if i else -1, tokens[i - start])
             self.pool.cache(table[i], keys[i], table[i - 1] if i else -1, tokens[i - start])
             if mine and mine[0] == keys[i]:
                 mine.pop(0)
                 self._release_pending(keys[i])
         self._num_committed[seq.seq_id] = end
+        if tiers is not None and tiers.wants_disk(seq.num_prompt_tokens):
+            self._write_through(seq, start, end)
+            tiers.flush()
 
     def free(self, seq: Sequence) -> None:
         """Return the sequence's blocks, tail first, so that eviction takes a request's tail
@@ -230,4 +296,6 @@ class BlockManager:
         s: dict[str, float] = dict(self.pool.stats())
         s["block_size"] = self.block_size
         s["prefix_hit_rate"] = self.num_hit_tokens / self.num_queried_tokens if self.num_queried_tokens else 0.0
+        if self.tiers is not None:
+            s.update(self.tiers.stats())
         return s

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from os import PathLike
 
 import torch
 
@@ -41,6 +42,19 @@ class EngineConfig:
     # Launch step N+1 before reading step N's tokens (see llm_engine). None: on where it wins,
     # a GPU, whose work then overlaps the host's; off on the CPU, where both share the cores.
     async_scheduling: bool | None = None
+    # KV tiers (engine/kv_tiers): cached blocks evicted from the device are kept in this much host
+    # RAM (pinned on CUDA; "1GiB", bytes, or 0 for none). The disk tier reads through it.
+    # None: 1 GiB on the CPU; off on a GPU, with the disk tier, until the tiers' device copies
+    # have run on one (they are written, not yet measured): set it to use them there.
+    host_kv_cache: str | int | None = None
+    # Blocks of long prompts are also written to disk, in `disk_kv_dir` (default: <cache dir>/kv),
+    # capped at this size (LRU); None or 0: no disk tier. Off by default: the app turns it on.
+    disk_kv_cache: str | int | None = None
+    disk_kv_dir: str | PathLike | None = None
+    # Prompts at least this long have their blocks written to disk (documents, long histories).
+    disk_kv_min_prefix_tokens: int = 1024
+    # Host memory for blocks on their way to disk; blocks beyond it are dropped, not waited for.
+    disk_kv_write_buffer: str | int = "256MiB"
 
     def __post_init__(self) -> None:
         if self.block_size <= 0 or self.block_size & (self.block_size - 1):
@@ -70,6 +84,17 @@ class EngineConfig:
         if self.gpu_memory_limit is not None:
             from engine.memory import parse_size
             self.gpu_memory_limit = parse_size(self.gpu_memory_limit)
+        if self.host_kv_cache is None:
+            self.host_kv_cache = "1GiB" if self.device == "cpu" else 0
+            if self.device != "cpu":
+                self.disk_kv_cache = 0
+        self.host_kv_cache = _size_or_zero(self.host_kv_cache)
+        self.disk_kv_cache = _size_or_zero(self.disk_kv_cache)
+        self.disk_kv_write_buffer = _size_or_zero(self.disk_kv_write_buffer)
+        if self.disk_kv_cache and not self.host_kv_cache:
+            raise ValueError("disk_kv_cache needs host_kv_cache: blocks read from disk go through host RAM")
+        if self.disk_kv_min_prefix_tokens < 0:
+            raise ValueError(f"disk_kv_min_prefix_tokens must be >= 0, got {self.disk_kv_min_prefix_tokens}")
         if self.async_scheduling is None:
             self.async_scheduling = self.device != "cpu"
 
@@ -77,3 +102,11 @@ class EngineConfig:
     def kv_dtype(self) -> torch.dtype:
         return torch.float8_e4m3fn if self.kv_cache_dtype == "fp8" else self.dtype
 
+
+
+def _size_or_zero(value: str | int | None) -> int:
+    """A memory size in bytes, where None and 0 mean none."""
+    if value is None or value == 0 or value == "0":
+        return 0
+    from engine.memory import parse_size
+    return parse_size(value)

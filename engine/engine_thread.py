@@ -105,6 +105,7 @@ class EngineThread:
     for it (and raises a load error); `submit` works before that and queues."""
 
     STATS_INTERVAL_S = 0.2
+    CLOSE_DRAIN_S = 5.0  # at shutdown, blocks on their way to disk get this long
 
     def __init__(self, model: str | PathLike | None = None, **config) -> None:
         self._commands: queue.Queue = queue.Queue()
@@ -166,6 +167,8 @@ class EngineThread:
             for command in commands:
                 if command == ("stop", None):
                     self._abort_all(RuntimeError("the engine was shut down"))
+                    if self.engine is not None:
+                        self.engine.close(self.CLOSE_DRAIN_S)
                     return
                 self._handle(command)
             if self.engine is not None and self.engine.has_unfinished_requests():

@@ -31,6 +31,10 @@ class LLM:
     def stats(self) -> dict[str, float]:
         return self.engine.stats()
 
+    def close(self, timeout: float | None = None) -> None:
+        """Wait for KV blocks on their way to disk (see EngineConfig.disk_kv_cache)."""
+        self.engine.close(timeout)
+
     def _run(self, token_lists: list[list[int]], params) -> list[RequestOutput]:
         params = params if params is not None else SamplingParams()
         per_prompt = [params] * len(token_lists) if isinstance(params, SamplingParams) else list(params)

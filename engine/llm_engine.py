@@ -20,6 +20,8 @@ from engine import kv_scales
 from engine.block_manager import BlockManager
 from engine.config import EngineConfig
 from engine.errors import ModelLoadError, RequestError
+from engine.kv_tiers.fingerprint import model_fingerprint, model_key
+from engine.kv_tiers.tiers import KVTiers, build_tiers
 from engine.loader import read_config, resolve_model
 from engine.model.config import ModelConfig
 from engine.model_runner import InFlightStep, ModelRunner
@@ -50,7 +52,15 @@ class LLMEngine:
         self.model_path = source.gguf or source.folder
         self.source = source
         calibration = kv_scales.calibration_ids(tok) if cfg.kv_cache_dtype == "fp8" else None
-        self._setup(cfg, model_config, tok, ModelRunner(cfg, model_config, source, limit, calibration), limit)
+        runner = ModelRunner(cfg, model_config, source, limit, calibration)
+        weights = [source.gguf] if source.gguf is not None else sorted(source.folder.glob("*.safetensors"))
+        fingerprint = model_fingerprint(
+            weights, model_config, source.tokenizer_folder, quantization=cfg.quantization, dtype=str(cfg.dtype),
+            kv_dtype=f"{cfg.kv_dtype} scales {runner.kv_factors}", dense=runner.weights_dense,
+            device_type=runner.device.type, block_size=cfg.block_size)
+        key = model_key(fingerprint)
+        tiers = build_tiers(cfg, runner.kv_cache, fingerprint, key, source.describe())
+        self._setup(cfg, model_config, tok, runner, limit, tiers, key)
 
     @classmethod
     def with_runner(cls, config: EngineConfig, model_config: ModelConfig, tokenizer: Tokenizer, runner,
@@ -63,11 +73,12 @@ class LLMEngine:
         return engine
 
     def _setup(self, config: EngineConfig, model_config: ModelConfig, tokenizer: Tokenizer, runner,
-               max_positions: int) -> None:
+               max_positions: int, tiers: KVTiers | None = None, model_key: int = 0) -> None:
         self.config, self.model_config, self.tokenizer, self.runner = config, model_config, tokenizer, runner
         bs = config.block_size
         self.max_model_len = min(max_positions, runner.num_blocks * bs)
-        self.block_manager = BlockManager(runner.num_blocks, bs, config.enable_prefix_caching)
+        self.kv_tiers = tiers
+        self.block_manager = BlockManager(runner.num_blocks, bs, config.enable_prefix_caching, model_key, tiers)
         self.scheduler = Scheduler(config, self.block_manager, self.max_model_len)
         eos = set(model_config.eos_token_ids)
         if tokenizer.eos_token_id is not None:
@@ -191,6 +202,8 @@ class LLMEngine:
             state = self._new_sample(request, index)
             child = state.seq
             child.num_cached_tokens = parent.num_cached_tokens
+            child.num_ram_cached_tokens = parent.num_ram_cached_tokens
+            child.num_disk_cached_tokens = parent.num_disk_cached_tokens
             child.status = SequenceStatus.RUNNING
             self.runner.input_batch.fork(parent, child)
             self.scheduler.running.append(child)
@@ -256,6 +269,11 @@ class LLMEngine:
             context_tokens=runner.num_blocks * runner.block_size,
             gpu_memory_limit=self.config.gpu_memory_limit,
         )
+
+    def close(self, timeout: float | None = None) -> None:
+        """Let the blocks queued for disk reach it (up to `timeout`), then stop the disk writer."""
+        if self.kv_tiers is not None:
+            self.kv_tiers.close(timeout)
 
     def stats(self) -> dict[str, float]:
         s = self.block_manager.stats()

@@ -18,6 +18,7 @@ import torch
 from safetensors import safe_open
 
 from engine import gguf_file
+from engine.cache_dir import cache_root
 from engine.errors import ModelLoadError
 from engine.model.config import ModelConfig
 from engine.model.layers import RotaryEmbedding
@@ -41,14 +42,6 @@ def bundled_model_path() -> Path:
     if not found:
         raise ModelLoadError(f"no .gguf file in {folder}")
     return found[0]
-
-
-def cache_root() -> Path:
-    env = os.environ.get("FOLIO_CACHE_DIR")
-    if env:
-        return Path(env)
-    import platformdirs
-    return Path(platformdirs.user_cache_dir("folio", appauthor=False))
 
 
 @dataclass

@@ -83,8 +83,10 @@ class ModelRunner:
             torch.cuda.set_per_process_memory_fraction(min(1.0, config.gpu_memory_limit / total),
                                                        self.device.index if self.device.index is not None
                                                        else torch.cuda.current_device())
+        self.kv_factors: list[tuple[float, float]] | None = None  # fp8: each layer's K and V scale
         if config.kv_dtype == torch.float8_e4m3fn and calibration_ids:  # before any KV or graph exists
-            kv_scales.fold(self.model, kv_scales.measure(self.model, calibration_ids, self.block_size, config.dtype))
+            self.kv_factors = kv_scales.fold(
+                self.model, kv_scales.measure(self.model, calibration_ids, self.block_size, config.dtype))
         self.num_blocks = self._num_kv_blocks()
         c = model_config
         # One allocation for every layer's K and V: [2, layers, blocks, block_size, kv_heads, head_dim].

@@ -111,5 +111,7 @@ class OutputProcessor:
             first_token_time=first.first_token_time,
             finish_time=max((s.seq.finish_time or 0.0) for s in request.samples) if finished else None,
             num_preemptions=sum(s.seq.num_preemptions for s in request.samples),
+            num_ram_cached_tokens=first.num_ram_cached_tokens,
+            num_disk_cached_tokens=first.num_disk_cached_tokens,
         )
         return RequestOutput(request.request_id, request.prompt_token_ids, outs, finished, metrics)

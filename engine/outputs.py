@@ -7,12 +7,23 @@ from dataclasses import dataclass
 @dataclass
 class RequestMetrics:
     num_prompt_tokens: int
-    num_cached_tokens: int  # prompt tokens served from shared or cached KV blocks
+    num_cached_tokens: int  # prompt tokens served from cached KV blocks (device, RAM or disk), not computed
     num_generated_tokens: int
     arrival_time: float
     first_token_time: float | None
     finish_time: float | None
     num_preemptions: int = 0
+    num_ram_cached_tokens: int = 0  # of num_cached_tokens: loaded from host RAM
+    num_disk_cached_tokens: int = 0  # of num_cached_tokens: read from disk
+
+    @property
+    def num_device_cached_tokens(self) -> int:
+        """Prompt tokens whose KV blocks were on the device already (shared or cached)."""
+        return self.num_cached_tokens - self.num_ram_cached_tokens - self.num_disk_cached_tokens
+
+    @property
+    def num_computed_prompt_tokens(self) -> int:
+        return self.num_prompt_tokens - self.num_cached_tokens
 
     @property
     def ttft_s(self) -> float | None:

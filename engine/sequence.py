@@ -35,7 +35,9 @@ class Sequence:
     sample_index: int = 0
     output_token_ids: list[int] = field(default_factory=list)
     num_computed_tokens: int = 0
-    num_cached_tokens: int = 0
+    num_cached_tokens: int = 0  # prompt tokens not computed, from any tier; of them:
+    num_ram_cached_tokens: int = 0  # loaded from host RAM
+    num_disk_cached_tokens: int = 0  # read from disk
     num_pending: int = 0
     block_table: list[int] = field(default_factory=list)
     status: SequenceStatus = SequenceStatus.WAITING

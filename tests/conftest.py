@@ -1,6 +1,9 @@
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The app's backends keep KV on disk under the cache dir: tests write theirs to a scratch one.
+os.environ.setdefault("FOLIO_CACHE_DIR", tempfile.mkdtemp(prefix="folio-test-cache-"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("FOLIO_CPU_DTYPE", "float32")  # token-exact against transformers in fp32

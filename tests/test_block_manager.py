@@ -2,11 +2,16 @@
 
 The stateful test at the bottom simulates the KV cache itself: every slot records the exact token
 prefix whose K/V it would hold, copy-on-write copies slots, and each computed token writes one.
-Then "a block hit by the prefix cache holds the right KV" becomes a plain equality check.
+Then "a block hit by the prefix cache holds the right KV" becomes a plain equality check; the
+tiered machine carries those contents down to RAM and disk and back.
 """
 from __future__ import annotations
 
+import json
 import random
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -14,9 +19,15 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 import numpy as np
+import torch
 
 from engine.block_manager import BlockManager
 from engine.block_pool import BlockPool, FreeBlockQueue
+from engine.kv_tiers.disk_store import BlockLayout, DiskKVStore
+from engine.kv_tiers.disk_writer import DiskWriter
+from engine.kv_tiers.fingerprint import chain_digest
+from engine.kv_tiers.host_pool import HostKVPool
+from engine.kv_tiers.tiers import KVTiers
 from engine.prefix_hash import PrefixHasher
 from engine.sampling_params import SamplingParams
 from engine.sequence import Sequence
@@ -487,22 +498,26 @@ class BlockManagerMachine(RuleBasedStateMachine):
     def _admit(self, seq: Sequence, chunk: int) -> bool:
         hit = self.bm.find_prefix(seq)
         tokens = seq.token_ids
-        k = hit.num_blocks
+        k = hit.num_blocks  # device blocks, then blocks from RAM or disk
+        on_device = len(hit.blocks)
         assert k * BS < seq.num_tokens, "a hit must leave at least the last token to compute"
         hashes = chain_hashes(tokens, BS)
         for i, blk in enumerate(hit.blocks):
             assert self.pool.block_key[blk] == hashes[i] and self.pool.is_cached[blk]
             assert tuple(self.pool.tokens[blk].tolist()) == tuple(tokens[i * BS:(i + 1) * BS])
+        assert [h.key for h in hit.loads] == hashes[on_device:k]
         n = min(chunk, seq.num_tokens - k * BS)
         before = _snapshot(self.bm, seq)
         copies = self.bm.allocate(seq, n, hit)
         if copies is None:
             assert _snapshot(self.bm, seq) == before
-            assert sum(1 for b in hit.blocks if self.pool.ref_cnt[b] == 0) + -(-(k * BS + n) // BS) - k > before[0]
+            revived = sum(1 for b in hit.blocks if self.pool.ref_cnt[b] == 0)
+            assert revived + len(hit.loads) + -(-(k * BS + n) // BS) - k > before[0]
             return False
         assert copies == []
         assert seq.num_computed_tokens == k * BS
-        assert seq.block_table[:k] == hit.blocks.tolist()
+        assert seq.block_table[:on_device] == hit.blocks.tolist()
+        assert len(set(seq.block_table[on_device:k]) & set(before[1])) == len(hit.loads), "loads take free blocks"
         assert len(seq.block_table) == -(-(k * BS + n) // BS)
         self.live[seq.seq_id] = seq
         self.uncomputed[seq.seq_id] = n
@@ -752,3 +767,122 @@ def test_a_sequence_sharing_blocks_with_the_last_one_reuses_their_keys():
     assert keys_b[:5] == bm.block_keys(a)[:5] and keys_b[5] != bm.block_keys(a)[5]
     c = make_seq(4, [999] + doc[1:] + [1, 2, 3, 4])  # parts at the first block: nothing shared
     assert bm.block_keys(c) == fresh.block_keys(make_seq(5, [999] + doc[1:] + [1, 2, 3, 4]))
+
+
+# --------------------------------------------------------------------------- stateful, with KV tiers
+
+ROW_BYTES = 4096  # a simulated block: its slots' contents as JSON
+
+
+def encode(content: list) -> np.ndarray:
+    raw = json.dumps(content).encode()
+    assert len(raw) <= ROW_BYTES
+    return np.frombuffer(bytearray(raw.ljust(ROW_BYTES)), dtype=np.uint8)
+
+
+def decode(row) -> list:
+    return [None if c is None else tuple(c) for c in json.loads(bytes(np.asarray(row)).decode())]
+
+
+class ContentCopier:
+    """KVCopier's contract over the simulated cache: blocks are the machine's `content` lists."""
+
+    def __init__(self, content: list[list]) -> None:
+        self.content = content
+
+    def run(self, plan, host, staging) -> None:
+        for block, slot in plan.offload:
+            host[slot] = torch.from_numpy(encode(self.content[block]))
+        for slot, block in plan.load:
+            self.content[block] = decode(host[slot].numpy())
+        for block, row in plan.stage:
+            staging[row] = torch.from_numpy(encode(self.content[block]))
+
+    def before_host_write(self, slot: int) -> None:
+        pass
+
+
+RAM_SLOTS = 10
+
+
+class TieredBlockManagerMachine(BlockManagerMachine):
+    """The same rules over a block manager with a 10-slot RAM tier and a disk tier (every prompt of
+    8 tokens or more is written), plus restarts: a new device pool and RAM over the same disk.
+    Every block that comes back from a tier must hold its prefix, and nothing may leak."""
+
+    def __init__(self) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="folio-bm-tiers-"))
+        self.store = DiskKVStore(self.folder, b"F" * 16, BlockLayout("uint8", (ROW_BYTES,), ROW_BYTES), BS, 1 << 30)
+        super().__init__()
+        self._start()
+
+    def _start(self) -> None:
+        """A fresh device pool and RAM tier (the disk store stays): what a restart does."""
+        self.content = [[None] * BS for _ in range(NUM_BLOCKS)]
+        self.writer = DiskWriter(self.store, NUM_BLOCKS, pin=False)
+        host = HostKVPool(RAM_SLOTS, ROW_BYTES, BS, pin=False)
+        self.tiers = KVTiers(ContentCopier(self.content), host, b"R" * 16, 0, NUM_BLOCKS, self.store, self.writer,
+                             min_disk_tokens=8)
+        self.bm = BlockManager(NUM_BLOCKS, BS, tiers=self.tiers)
+        self.pool = self.bm.pool
+
+    def _expected(self, key: int) -> list:
+        prefix = self.prefix_of_hash[key]
+        start = len(prefix) - BS
+        return [prefix[:start + i + 1] for i in range(BS)]
+
+    @precondition(lambda self: self.prefix_of_hash)
+    @rule(idx=st.integers(0, 10_000), suffix=st.lists(ALPHABET, max_size=6), chunk=st.integers(1, 20))
+    def add_remembered_sequence(self, idx, suffix, chunk):
+        """A request over a prefix seen before, wherever its blocks are now (device, RAM, disk)."""
+        prefixes = sorted(self.prefix_of_hash.values())
+        tokens = (list(prefixes[idx % len(prefixes)]) + suffix)[:MAX_LEN - 2]
+        self._admit(self._new_seq(tokens), chunk)
+
+    @rule()
+    def finish_all(self):
+        """Every request done: all blocks free but cached, the next ones evict them to RAM."""
+        for seq in list(self.live.values()):
+            self._free(seq)
+
+    @rule()
+    def restart(self):
+        for seq in list(self.live.values()):
+            self._free(seq)
+        self.waiting.clear()
+        self.writer.close()
+        self._start()
+
+    @invariant()
+    def ram_slots_hold_their_prefix(self):
+        host = self.tiers.host
+        assert not host.locked
+        assert sorted(list(host.lru.values()) + host.free) == list(range(RAM_SLOTS)), "a RAM slot leaked"
+        for key, slot in host.lru.items():
+            assert decode(host.row(slot)) == self._expected(key), f"RAM slot {slot} holds another prefix"
+
+    @invariant()
+    def disk_files_hold_their_prefix(self):
+        assert self.writer.drain(30)
+        out = np.empty(ROW_BYTES, np.uint8)
+        for key in sorted(self.store.known):
+            prefix = self.prefix_of_hash[key]
+            keys = chain_hashes(prefix, BS)
+            digest = b"R" * 16
+            for j in range(len(keys)):
+                digest = chain_digest(digest, np.asarray(prefix[j * BS:(j + 1) * BS]))
+            assert self.store.read_into(key, keys[-2] if len(keys) > 1 else 0, digest,
+                                        np.asarray(prefix[-BS:]), out), f"block {key:x} unreadable"
+            assert decode(out) == self._expected(key)
+
+    def teardown(self):
+        super().teardown()
+        self.writer.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+TieredBlockManagerMachine.TestCase.settings = settings(
+    max_examples=100, stateful_step_count=40, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+TestTieredBlockManagerStateful = TieredBlockManagerMachine.TestCase

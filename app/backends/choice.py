@@ -12,6 +12,9 @@ from app.backends.errors import BackendError, RemoteError
 from app.backends.protocol import Backend
 
 DEVICES = ("auto", "cpu", "cuda")
+# The app keeps the KV blocks of long prompts on disk (engine/kv_tiers), at most this much per
+# model; a LocalSpec's config may say otherwise (disk_kv_cache=0 turns it off).
+DISK_KV_CACHE = "4GiB"
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,8 @@ def _open_local(spec: LocalSpec) -> Backend:
     from engine import EngineThread, ModelLoadError
 
     check_device(spec.device)
-    engine_thread = EngineThread(spec.model, device=spec.device, **dict(spec.config))
+    config = {"disk_kv_cache": DISK_KV_CACHE, **dict(spec.config)}
+    engine_thread = EngineThread(spec.model, device=spec.device, **config)
     try:
         return LocalBackend(engine_thread)
     except Exception as e:  # (Ctrl+C cannot stop a load: the engine thread is a daemon)

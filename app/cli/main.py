@@ -1,4 +1,4 @@
-"""`folio`: one subcommand per job (chat, index, ask, serve), or the desktop app without one.
+"""`folio`: one subcommand per job (chat, index, ask, serve, cache), or the desktop app without one.
 
 `main(argv)` parses one subcommand and calls its `cmd_*` function, which returns the exit code.
 This module imports neither Qt nor the engine at import time: `folio --help` stays instant, and
@@ -11,12 +11,13 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from app.cli.cache import add_cache_parser
 from app.cli.chat import add_chat_parser
 from app.cli.common import EXIT_INTERRUPTED, EXIT_USAGE
 from app.cli.documents import add_ask_parser, add_index_parser
 from app.server.command import add_serve_arguments, cmd_serve
 
-SUBCOMMANDS = ("chat", "index", "ask", "serve")
+SUBCOMMANDS = ("chat", "index", "ask", "serve", "cache")
 
 
 # ---------------------------------------------------------------------------------- arguments
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_index_parser(sub)
     add_ask_parser(sub)
     _add_serve_parser(sub)
+    add_cache_parser(sub)
     return parser
 
 

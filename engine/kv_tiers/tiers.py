@@ -1,0 +1,204 @@
+"""`KVTiers`: the RAM and disk tiers under the device prefix cache, as the block manager sees them.
+
+The block manager stays bookkeeping: it tells the tiers which device block was evicted, which
+was published (computed and cached) and which tier hits it allocated blocks for; the tiers pick
+RAM slots and staging rows, queue the copies, and run them all at `flush()`, once per allocation
+or commit (on CUDA: enqueued on a side stream, ordered after the step in flight and before the
+next step that needs them).
+
+- Eviction: a cached device block about to be reused is copied to a RAM slot (LRU) first.
+- Publication: every cached block gets its prefix digest; the blocks of a sequence whose prompt
+  is at least `min_disk_tokens` long (a document, a long system prompt or history) are copied to
+  staging and written to disk in the background, unless already there. The engine has no notion
+  of pinned documents; pinned documents and system prompts come first in the prompt
+  (rag/context.py), so they are written whenever the prompt that carries them is long enough.
+- Lookup: after the device's longest hit, each next block is looked for in RAM, then on disk (a
+  disk hit is read into a RAM slot at once: admission waits for that read), and verified by its
+  digest and tokens. The hits are then loaded into fresh device blocks like computed ones.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engine.cache_dir import kv_cache_root
+from engine.kv_tiers.copies import CopyPlan, KVCopier
+from engine.kv_tiers.disk_store import BlockLayout, DiskKVStore
+from engine.kv_tiers.disk_writer import DiskWriter, WriteJob
+from engine.kv_tiers.fingerprint import DIGEST_SIZE, chain_digest
+from engine.kv_tiers.host_pool import HostKVPool
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TierLoad:
+    """One block found below the device: the RAM slot it is in now, and where it came from."""
+
+    key: int
+    slot: int
+    digest: bytes
+    tier: str  # "ram" or "disk"
+
+
+class KVTiers:
+    def __init__(self, copier: KVCopier, host: HostKVPool, root_digest: bytes, root_key: int, num_blocks: int,
+                 disk: DiskKVStore | None = None, writer: DiskWriter | None = None,
+                 min_disk_tokens: int = 1024) -> None:
+        self.copier = copier
+        self.host = host
+        self.disk = disk
+        self.writer = writer
+        self.root_digest = root_digest
+        self.root_key = root_key
+        self.min_disk_tokens = min_disk_tokens
+        self.digests = np.zeros((num_blocks, DIGEST_SIZE), dtype=np.uint8)  # per device block, once published
+        self.on_disk = np.zeros(num_blocks, dtype=bool)  # written, queued, or read from disk
+        self.plan = CopyPlan()
+        self._jobs: list[WriteJob] = []  # the disk writes of `plan.stage`, in order
+        self.num_offloaded = self.num_ram_hits = self.num_disk_hits = 0
+
+    def digest_of(self, block: int) -> bytes:
+        return self.root_digest if block < 0 else self.digests[block].tobytes()
+
+    def wants_disk(self, num_prompt_tokens: int) -> bool:
+        return self.writer is not None and num_prompt_tokens >= self.min_disk_tokens
+
+    # ------------------------------------------------------------------ lookup and load
+
+    def lookup(self, keys: list[int], tokens: np.ndarray, parent_block: int, parent_key: int,
+               limit: int) -> list[TierLoad]:
+        """The blocks after `parent_block` (-1: the start) found in RAM or on disk, in order, at
+        most `limit`. Disk hits are read into RAM slots now."""
+        digest = self.digest_of(parent_block)
+        hits: list[TierLoad] = []
+        prefetched = False
+        for j, (key, toks) in enumerate(zip(keys[:limit], tokens)):
+            digest, found = chain_digest(digest, toks), None
+            slot = self.host.find(key, digest, toks)
+            if slot is not None:
+                found = TierLoad(key, slot, digest, "disk" if self.host.from_disk[slot] else "ram")
+            elif self.disk is not None and self.disk.has(key):
+                if not prefetched:  # the rest of the prefix is likely on disk too: read ahead
+                    self.disk.prefetch(keys[j:limit])
+                    prefetched = True
+                found = self._read_disk(key, parent_key, digest, toks)
+            if found is None:
+                break
+            self.host.locked.add(found.slot)  # later reads in this lookup must not reuse it
+            hits.append(found)
+            parent_key = key
+        self.host.locked.difference_update(h.slot for h in hits)
+        return hits
+
+    def _read_disk(self, key: int, parent_key: int, digest: bytes, tokens: np.ndarray) -> TierLoad | None:
+        slot = self.host.reserve(key, digest, tokens)
+        if slot is None:
+            return None
+        self.copier.before_host_write(slot)
+        if not self.disk.read_into(key, parent_key, digest, tokens, self.host.row(slot)):
+            self.host.discard(slot)
+            return None
+        self.host.from_disk[slot] = True
+        return TierLoad(key, slot, digest, "disk")
+
+    def lock(self, loads: list[TierLoad]) -> None:
+        """Keep the slots of hits about to be loaded from being reused by evictions meanwhile."""
+        self.host.locked.update(h.slot for h in loads)
+
+    def load(self, loads: list[TierLoad], blocks: list[int]) -> None:
+        for h, b in zip(loads, blocks):
+            self.plan.load.append((h.slot, b))
+            self.digests[b] = np.frombuffer(h.digest, dtype=np.uint8)
+            self.on_disk[b] = h.tier == "disk" or (self.disk is not None and h.key in self.disk.known)
+            self.host.from_disk[h.slot] = False
+            if h.tier == "disk":
+                self.num_disk_hits += 1
+            else:
+                self.num_ram_hits += 1
+
+    # ------------------------------------------------------------------ what the device does
+
+    def evicted(self, block: int, key: int, tokens: np.ndarray) -> None:
+        """A cached device block is about to be reused: keep a copy in RAM."""
+        slot = self.host.reserve(key, self.digest_of(block), tokens)
+        if slot is not None:
+            self.plan.offload.append((block, slot))
+            self.num_offloaded += 1
+
+    def published(self, block: int, parent_block: int, tokens: np.ndarray) -> None:
+        """A computed full block: its digest follows from its parent's."""
+        self.digests[block] = np.frombuffer(chain_digest(self.digest_of(parent_block), tokens), dtype=np.uint8)
+        self.on_disk[block] = False
+
+    def write_through(self, block: int, key: int, parent_key: int, tokens: np.ndarray) -> None:
+        """Queue a cached device block for disk unless it is there (or the staging rows are full)."""
+        if self.on_disk[block]:
+            return
+        if key in self.disk.known:
+            self.on_disk[block] = True
+            return
+        row = self.writer.take_row()
+        if row is None:
+            return
+        self.plan.stage.append((block, row))
+        self._jobs.append(WriteJob(row, key, parent_key, self.digest_of(block), tokens.copy()))
+        self.on_disk[block] = True
+
+    def flush(self) -> None:
+        """Run the copies decided since the last flush; hand staged blocks to the disk writer."""
+        self.host.locked.clear()
+        if not self.plan:
+            return
+        plan, self.plan = self.plan, CopyPlan()
+        host = self.host.storage() if plan.offload or plan.load else None
+        staging = self.writer.rows() if plan.stage else None
+        event = self.copier.run(plan, host, staging)
+        jobs, self._jobs = self._jobs, []
+        for job in jobs:
+            job.event = event
+            self.writer.submit(job)
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait for queued disk writes (tests, shutdown)."""
+        return self.writer.drain(timeout) if self.writer is not None else True
+
+    def close(self, timeout: float | None = None) -> None:
+        if self.writer is not None:
+            self.writer.close(timeout)
+
+    def stats(self) -> dict[str, int]:
+        s = {"ram_blocks_cached": self.host.num_cached, "ram_blocks_total": self.host.num_slots,
+             "ram_hit_blocks": self.num_ram_hits, "disk_hit_blocks": self.num_disk_hits,
+             "blocks_offloaded": self.num_offloaded}
+        if self.disk is not None:
+            s.update(self.disk.stats())
+            s["disk_writes_dropped"] = self.writer.num_dropped
+        return s
+
+
+def build_tiers(config, kv_cache, fingerprint: bytes, root_key: int, description: str) -> KVTiers | None:
+    """The tiers an `EngineConfig` asks for over a runner's KV cache; None when the RAM tier is off
+    (the disk tier reads through RAM slots) or there is no prefix cache. A disk folder that cannot
+    be created turns the disk tier off, with a warning."""
+    if not config.host_kv_cache or not config.enable_prefix_caching:
+        return None
+    copier = KVCopier(kv_cache)
+    bs = config.block_size
+    host = HostKVPool(max(1, config.host_kv_cache // copier.block_bytes), copier.block_bytes, bs, copier.cuda)
+    disk = writer = None
+    if config.disk_kv_cache:
+        folder = Path(config.disk_kv_dir or kv_cache_root()) / fingerprint.hex()
+        shape = tuple(kv_cache.shape[:2]) + tuple(kv_cache.shape[3:])
+        layout = BlockLayout(str(kv_cache.dtype).removeprefix("torch."), shape, copier.block_bytes)
+        try:
+            disk = DiskKVStore(folder, fingerprint, layout, bs, config.disk_kv_cache, description)
+        except OSError as e:
+            log.warning("KV blocks will not be kept on disk: cannot use %s: %s", folder, e)
+        else:
+            writer = DiskWriter(disk, max(1, config.disk_kv_write_buffer // copier.block_bytes), copier.cuda)
+    return KVTiers(copier, host, fingerprint, root_key, kv_cache.shape[2], disk, writer,
+                   config.disk_kv_min_prefix_tokens)
