@@ -9,12 +9,17 @@ def plural(n: int, noun: str, many: str | None = None) -> str:
 
 
 def answer_summary(ttft_s: float | None, tokens_per_s: float | None, generated_tokens: int,
-                   cached_tokens: int, prompt_tokens: int, finish_reason: str | None) -> str:
-    """"TTFT 0.42 s · 31.0 tok/s · 12 tokens · cached 96/120 prompt tokens"."""
+                   cached_tokens: int, prompt_tokens: int, finish_reason: str | None,
+                   ram_tokens: int = 0, disk_tokens: int = 0) -> str:
+    """"TTFT 0.42 s · 31.0 tok/s · 12 tokens · cached 96/120 prompt tokens · 64 from RAM"; the
+    cached tokens not from RAM or disk were on the device already."""
     parts = [f"TTFT {ttft_s:.2f} s" if ttft_s is not None else "TTFT -",
              f"{tokens_per_s:.1f} tok/s" if tokens_per_s is not None else "- tok/s",
              plural(generated_tokens, "token"),
              f"cached {cached_tokens}/{plural(prompt_tokens, 'prompt token')}"]
+    tiers = [f"{n} from {where}" for n, where in ((ram_tokens, "RAM"), (disk_tokens, "disk")) if n]
+    if tiers:
+        parts.append(", ".join(tiers))
     if finish_reason == "length":
         parts.append("cut at the length limit")
     return " · ".join(parts)

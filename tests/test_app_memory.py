@@ -5,7 +5,7 @@ KV picture counted in tokens of context."""
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import pytest
 from PySide6.QtCore import Qt
@@ -15,6 +15,7 @@ from app.backends.remote import RemoteBackend
 from app.gui import engine_bridge
 from app.gui.engine_bridge import LOADING, READY
 from app.gui.kv_bar import KvIndicator
+from app.gui.messages import AnswerStats
 from app.gui.settings import Settings, load_settings, save_settings
 from app.gui.settings_dialog import REMOTE_MEMORY, SettingsDialog
 from app.paths import settings_path
@@ -240,6 +241,28 @@ def test_the_kv_picture_counts_tokens_of_context(qtbot):
     assert "cached for reuse: 1,120 tokens (70 blocks)" in tip
     kv.set_stats({})  # before the first stats: an empty pool, not an error
     assert kv.legend.text().startswith("0 of 0 tokens in use")
+    assert "RAM" not in kv.legend.text() and "disk" not in kv.legend.text()  # tiers off: not shown
+
+
+def test_the_kv_picture_counts_what_ram_and_disk_keep(qtbot):
+    kv = KvIndicator()
+    qtbot.addWidget(kv)
+    kv.set_stats({"blocks_total": 100, "blocks_used": 0, "blocks_cached": 10, "block_size": 16,
+                  "ram_blocks_cached": 40, "ram_blocks_total": 2000, "disk_blocks_cached": 300,
+                  "disk_blocks_total": 50000})
+    assert kv.legend.text().endswith(" · RAM 640 · disk 4,800")
+    tip = kv.toolTip().splitlines()
+    assert tip[-2:] == ["kept in RAM for reuse: 640 tokens", "kept on disk for reuse: 4,800 tokens"]
+    kv.set_stats({"blocks_total": 100, "block_size": 16, "ram_blocks_total": 2000})  # RAM on, disk off
+    assert kv.legend.text().endswith(" · RAM 0")
+
+
+def test_an_answers_line_says_which_prompt_tokens_came_from_ram_and_disk():
+    stats = AnswerStats(0.25, 30.0, 12, 4200, 4096, "stop", ram_cached_tokens=1024, disk_cached_tokens=2048)
+    assert stats.summary() == ("TTFT 0.25 s · 30.0 tok/s · 12 tokens · cached 4096/4200 prompt tokens · "
+                               "1024 from RAM, 2048 from disk")
+    assert AnswerStats.from_dict(asdict(stats)) == stats  # kept in the history as it was
+    assert "from" not in AnswerStats(0.25, 30.0, 12, 4200, 4096, "stop").summary()
 
 
 def test_the_status_bar_counts_the_engines_tokens(qtbot, make_window):
@@ -253,3 +276,23 @@ def test_the_status_bar_counts_the_engines_tokens(qtbot, make_window):
     cached = int(window.bridge.last_stats["blocks_cached"]) * 16  # the picture redraws with each stats
     assert f"</span> {cached:,} cached" in window.kv.legend.text()
     assert f"cached for reuse: {cached:,} tokens" in window.kv.toolTip()
+
+
+def test_the_dialog_shows_and_clears_the_kv_kept_on_disk(qtbot, tmp_path, monkeypatch):
+    """What `folio cache --stats` counts, read in the background; Clear empties it."""
+    from engine.kv_tiers.disk_store import INFO, SUFFIX
+    monkeypatch.setenv("FOLIO_CACHE_DIR", str(tmp_path))
+    model = tmp_path / "kv" / "0123abcd"
+    model.mkdir(parents=True)
+    (model / INFO).write_text(json.dumps({"model": "smol.gguf"}))
+    for i in range(3):
+        (model / f"{i:016x}{SUFFIX}").write_bytes(b"k" * 1024)
+    dialog = SettingsDialog(Settings())
+    qtbot.addWidget(dialog)
+    qtbot.waitUntil(lambda: dialog.disk_kv.text().startswith("3 blocks"), timeout=10_000)
+    assert dialog.disk_kv.text() == "3 blocks, 3.0 KiB, 1 model"
+    dialog.clear_disk_kv.click()
+    qtbot.waitUntil(lambda: dialog.disk_kv.text().startswith("cleared"), timeout=10_000)
+    assert dialog.disk_kv.text() == "cleared: 3 blocks, 3.0 KiB" and not model.exists()
+    dialog.refresh_kv_on_disk()
+    qtbot.waitUntil(lambda: dialog.disk_kv.text().startswith("nothing yet"), timeout=10_000)

@@ -219,11 +219,8 @@ def format_stat_line(metrics, finish_reason: str | None = None) -> str:
     """One line after each answer: time to first token, decode speed, prompt-cache reuse."""
     parts = ["cancelled"] if finish_reason == "abort" else []
     parts.append(answer_summary(metrics.ttft_s, metrics.decode_tokens_per_s, metrics.num_generated_tokens,
-                                metrics.num_cached_tokens, metrics.num_prompt_tokens, finish_reason))
-    tiers = [f"{n} from {where}" for n, where in ((metrics.num_ram_cached_tokens, "RAM"),
-                                                  (metrics.num_disk_cached_tokens, "disk")) if n]
-    if tiers:  # the rest of the cached tokens were on the device already
-        parts.append(", ".join(tiers))
+                                metrics.num_cached_tokens, metrics.num_prompt_tokens, finish_reason,
+                                metrics.num_ram_cached_tokens, metrics.num_disk_cached_tokens))
     if metrics.num_preemptions:
         parts.append(plural(metrics.num_preemptions, "preemption"))
     return "[" + " · ".join(parts) + "]"

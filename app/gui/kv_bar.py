@@ -11,6 +11,7 @@ from app.backends.kv import KvBlocks
 from app.gui.theme import colors
 
 MIN_SEGMENT = 3.0  # logical pixels: a non-empty kind never vanishes from the picture
+PLACE = {"RAM": "in RAM", "disk": "on disk"}
 
 
 def kv_parts(blocks: KvBlocks) -> list[tuple[str, int, str]]:
@@ -86,13 +87,16 @@ class KvIndicator(QWidget):
         blocks = KvBlocks.from_stats(stats)
         self.bar.set_blocks(blocks)
         tokens = dict(blocks.token_counts())
+        tiers = blocks.tier_tokens()
         self.legend.setText(f"{blocks.usage()} " + " ".join(
-            f'<span style="color:{c}">■</span> {tokens[kind]:,} {kind}' for kind, _, c in kv_parts(blocks)))
+            f'<span style="color:{c}">■</span> {tokens[kind]:,} {kind}' for kind, _, c in kv_parts(blocks))
+            + "".join(f" · {where} {n:,}" for where, n in tiers))
         self.setToolTip(
             f"KV memory: {blocks.usage()}\n"
             f"{blocks.total:,} blocks of {blocks.block_size} tokens\n"
             f"shared by several chats: {tokens['shared']:,} tokens ({blocks.shared:,} blocks)\n"
             f"used by one chat: {tokens['used']:,} tokens ({blocks.used:,} blocks)\n"
             f"cached for reuse: {tokens['cached']:,} tokens ({blocks.cached:,} blocks)\n"
-            f"free: {tokens['free']:,} tokens ({blocks.free:,} blocks)")
+            f"free: {tokens['free']:,} tokens ({blocks.free:,} blocks)"
+            + "".join(f"\nkept {PLACE[where]} for reuse: {n:,} tokens" for where, n in tiers))
         self.bar.setAccessibleDescription(blocks.usage())

@@ -53,20 +53,25 @@ class AnswerStats:
     prompt_tokens: int
     cached_tokens: int
     finish_reason: str | None = None
+    ram_cached_tokens: int = 0  # of cached_tokens: loaded from host RAM
+    disk_cached_tokens: int = 0  # of cached_tokens: read from disk
 
     @classmethod
     def from_metrics(cls, metrics, finish_reason: str | None) -> AnswerStats:
         return cls(metrics.ttft_s, metrics.decode_tokens_per_s, metrics.num_generated_tokens,
-                   metrics.num_prompt_tokens, metrics.num_cached_tokens, finish_reason)
+                   metrics.num_prompt_tokens, metrics.num_cached_tokens, finish_reason,
+                   metrics.num_ram_cached_tokens, metrics.num_disk_cached_tokens)
 
     @classmethod
     def from_dict(cls, d: dict) -> AnswerStats:
         return cls(d.get("ttft_s"), d.get("tokens_per_s"), int(d.get("generated_tokens", 0)),
-                   int(d.get("prompt_tokens", 0)), int(d.get("cached_tokens", 0)), d.get("finish_reason"))
+                   int(d.get("prompt_tokens", 0)), int(d.get("cached_tokens", 0)), d.get("finish_reason"),
+                   int(d.get("ram_cached_tokens", 0)), int(d.get("disk_cached_tokens", 0)))
 
     def summary(self) -> str:
         return answer_summary(self.ttft_s, self.tokens_per_s, self.generated_tokens, self.cached_tokens,
-                              self.prompt_tokens, self.finish_reason)
+                              self.prompt_tokens, self.finish_reason, self.ram_cached_tokens,
+                              self.disk_cached_tokens)
 
 
 @dataclass

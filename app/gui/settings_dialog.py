@@ -147,6 +147,15 @@ class SettingsDialog(QDialog):
         self._loaded_form.addRow("Weights:", self.loaded_weights)
         self._loaded_form.addRow("KV cache:", self.loaded_kv)
         self._loaded_form.addRow("GPU memory limit:", self.loaded_limit)
+        self.disk_kv = _info_label()
+        self.clear_disk_kv = QPushButton("Clear")
+        self.clear_disk_kv.setToolTip("Delete the KV blocks kept on disk (documents are then read again once)")
+        self.clear_disk_kv.clicked.connect(self.clear_kv_on_disk)
+        disk_row = QHBoxLayout()
+        disk_row.setContentsMargins(0, 0, 0, 0)
+        disk_row.addWidget(self.disk_kv, 1)
+        disk_row.addWidget(self.clear_disk_kv)
+        self._loaded_form.addRow("KV kept on disk:", disk_row)
         gen_box = QGroupBox("Answers")
         gen_form = QFormLayout(gen_box)
         gen_form.addRow("&Temperature:", self.temperature)
@@ -178,6 +187,7 @@ class SettingsDialog(QDialog):
         self.system.textChanged.connect(self._system_edited)
         self._update_source()
         self.show_loaded("", "", False, {})
+        self.refresh_kv_on_disk()
 
     def _load(self, s: Settings) -> None:
         self.source.setCurrentIndex(self.source.findData(s.model_source))
@@ -260,6 +270,27 @@ class SettingsDialog(QDialog):
         self._loaded_form.setRowVisible(self.loaded_kv, local)
         self._loaded_form.setRowVisible(self.loaded_limit, limit is not None)
 
+    # ------------------------------------------------------------------ the KV cache on disk
+
+    def refresh_kv_on_disk(self) -> None:
+        """What `folio cache --stats` says, read off the GUI thread (a large cache is many files)."""
+        self.disk_kv.setText("…")
+        self._background.run(_kv_on_disk, self.disk_kv.setText, self._kv_on_disk_failed, name="folio-kv-disk")
+
+    def clear_kv_on_disk(self) -> None:
+        self.clear_disk_kv.setEnabled(False)
+        self.disk_kv.setText("Clearing…")
+        self._background.run(_clear_kv_on_disk, self._kv_on_disk_cleared, self._kv_on_disk_failed,
+                             name="folio-kv-disk")
+
+    def _kv_on_disk_cleared(self, text: str) -> None:
+        self.clear_disk_kv.setEnabled(True)
+        self.disk_kv.setText(text)
+
+    def _kv_on_disk_failed(self, error: Exception) -> None:
+        self.clear_disk_kv.setEnabled(True)
+        self.disk_kv.setText(user_message(error))
+
     # ------------------------------------------------------------------ "Test connection"
 
     def test_connection(self) -> None:
@@ -328,3 +359,20 @@ def _connection_test(url: str, key: str | None, model: str | None) -> str:
     heavy_imports.ensure()  # not while another worker imports torch and transformers
     from app.backends.remote import test_connection
     return test_connection(url, key, model, CONNECTION_TEST_TIMEOUT_S)
+
+
+def _kv_on_disk() -> str:
+    from engine.cache_dir import kv_cache_root
+    from engine.kv_tiers.disk_store import usage
+    found = usage(kv_cache_root())
+    files, nbytes = sum(u.files for u in found), sum(u.bytes for u in found)
+    if not files:
+        return "nothing yet (long prompts' blocks are kept here, so documents are read once)"
+    return f"{wording.plural(files, 'block')}, {wording.size_text(nbytes)}, {wording.plural(len(found), 'model')}"
+
+
+def _clear_kv_on_disk() -> str:
+    from engine.cache_dir import kv_cache_root
+    from engine.kv_tiers.disk_store import clear
+    files, nbytes = clear(kv_cache_root())
+    return f"cleared: {wording.plural(files, 'block')}, {wording.size_text(nbytes)}"
