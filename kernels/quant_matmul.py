@@ -57,18 +57,6 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
 
 
-def _tiles(m: int, n: int, device: torch.device) -> tuple[int, int]:
-    """(BLOCK_M, BLOCK_N): few rows -> narrow column tiles, so the grid still fills the GPU."""
-    if m > 64:
-        return 64, 64
-    block_m = 16 if m <= 16 else 64
-    sms = _sm_count(device)
-    block_n = 64
-    while block_n > 16 and cdiv(n, block_n) < 2 * sms:
-        block_n //= 2
-    return block_m, block_n
-
-
 def quant_matmul_triton(x: torch.Tensor, w: QuantWeight, out: torch.Tensor | None = None) -> torch.Tensor:
     m, k = x.shape
     n = w.shape[0]
@@ -138,7 +126,7 @@ def quant_embedding_triton(ids: torch.Tensor, w: QuantWeight, dtype: torch.dtype
 
 
 def dequantize_triton(w: QuantWeight, dtype: torch.dtype) -> torch.Tensor:
-    """The whole weight, dense, in `dtype` (for long prefills, which then run on cuBLAS)."""
+    """The whole weight, dense, in `dtype` (the dense path does the same a chunk at a time)."""
     return quant_embedding_triton(torch.arange(w.shape[0], device=w.device), w, dtype)
 
 

@@ -289,6 +289,8 @@ def test_the_dialog_shows_and_clears_the_kv_kept_on_disk(qtbot, tmp_path, monkey
         (model / f"{i:016x}{SUFFIX}").write_bytes(b"k" * 1024)
     dialog = SettingsDialog(Settings())
     qtbot.addWidget(dialog)
+    assert dialog.disk_kv.text().startswith("blocks of long prompts")  # nothing is counted until asked
+    dialog.show_disk_kv.click()
     qtbot.waitUntil(lambda: dialog.disk_kv.text().startswith("3 blocks"), timeout=10_000)
     assert dialog.disk_kv.text() == "3 blocks, 3.0 KiB, 1 model"
     dialog.clear_disk_kv.click()

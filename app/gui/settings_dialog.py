@@ -148,12 +148,17 @@ class SettingsDialog(QDialog):
         self._loaded_form.addRow("KV cache:", self.loaded_kv)
         self._loaded_form.addRow("GPU memory limit:", self.loaded_limit)
         self.disk_kv = _info_label()
+        self.disk_kv.setText("blocks of long prompts, so that documents are read once")
+        self.show_disk_kv = QPushButton("Show")
+        self.show_disk_kv.setToolTip("Count the KV blocks kept on disk")
+        self.show_disk_kv.clicked.connect(self.refresh_kv_on_disk)
         self.clear_disk_kv = QPushButton("Clear")
         self.clear_disk_kv.setToolTip("Delete the KV blocks kept on disk (documents are then read again once)")
         self.clear_disk_kv.clicked.connect(self.clear_kv_on_disk)
         disk_row = QHBoxLayout()
         disk_row.setContentsMargins(0, 0, 0, 0)
         disk_row.addWidget(self.disk_kv, 1)
+        disk_row.addWidget(self.show_disk_kv)
         disk_row.addWidget(self.clear_disk_kv)
         self._loaded_form.addRow("KV kept on disk:", disk_row)
         gen_box = QGroupBox("Answers")
@@ -187,7 +192,6 @@ class SettingsDialog(QDialog):
         self.system.textChanged.connect(self._system_edited)
         self._update_source()
         self.show_loaded("", "", False, {})
-        self.refresh_kv_on_disk()
 
     def _load(self, s: Settings) -> None:
         self.source.setCurrentIndex(self.source.findData(s.model_source))
@@ -273,7 +277,8 @@ class SettingsDialog(QDialog):
     # ------------------------------------------------------------------ the KV cache on disk
 
     def refresh_kv_on_disk(self) -> None:
-        """What `folio cache --stats` says, read off the GUI thread (a large cache is many files)."""
+        """What `folio cache --stats` says, read off the GUI thread (a large cache is many files),
+        when asked: not on every opening of the dialog."""
         self.disk_kv.setText("…")
         self._background.run(_kv_on_disk, self.disk_kv.setText, self._kv_on_disk_failed, name="folio-kv-disk")
 

@@ -373,7 +373,21 @@ def run_transformers(model, workload: Workload, batch_size: int, pad_id: int) ->
 
 
 def load_transformers(model_path: Path, dtype: torch.dtype, device: str):
-    model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=dtype, attn_implementation="sdpa")
+    """transformers on the same weights: a folder, or a GGUF file through its own GGUF reader."""
+    path = Path(model_path)
+    if path.suffix.lower() != ".gguf":
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, attn_implementation="sdpa")
+        return model.to(device).eval()
+    from transformers import AutoConfig
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+    cfg = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
+    cfg._attn_implementation = "sdpa"
+    model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(cfg)
+    tensors = load_gguf_checkpoint(str(path), return_tensors=True, model_to_load=skeleton)["tensors"]
+    model.load_state_dict({k: torch.as_tensor(v).to(dtype) for k, v in tensors.items()}, strict=False)
+    model.tie_weights()
     return model.to(device).eval()
 
 # ---------------------------------------------------------------------------------- report
