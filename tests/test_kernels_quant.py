@@ -20,7 +20,8 @@ if INTERPRET:
 
 @pytest.mark.skipif(INTERPRET, reason="this is the interpreted child")
 def test_interpreted_cpu_cases():
-    run_interpreted(__file__)
+    run = run_interpreted(__file__)
+    assert run.returncode == 0 and run.passed > 0, run.output
 
 
 def random_blocks(qtype: str, n: int, k: int, seed: int) -> np.ndarray:

@@ -44,7 +44,8 @@ if INTERPRET:
 
 @pytest.mark.skipif(INTERPRET, reason="this is the interpreted child")
 def test_interpreted_cpu_cases():
-    run_interpreted(__file__)
+    run = run_interpreted(__file__)
+    assert run.returncode == 0 and run.passed > 0, run.output
 
 
 def rope_tables(max_positions: int, head_dim: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:

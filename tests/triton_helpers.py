@@ -2,6 +2,7 @@
 built to expose stray reads and writes (shuffled block tables read through a strided view with -1
 and garbage past each sequence, NaN in every cache slot no sequence owns)."""
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -79,14 +80,24 @@ def fix_interpreter() -> None:
     interpreter.InterpreterBuilder.create_fp_trunc = lambda self, src, dst_type: cast(self, src, dst_type)
 
 
-def run_interpreted(test_file: str) -> None:
+@dataclass
+class InterpretedRun:
+    returncode: int
+    passed: int  # tests the child ran and passed
+    output: str  # its report's tail, for the failure message
+
+
+def run_interpreted(test_file: str) -> InterpretedRun:
     """Run `test_file` again in a child pytest with TRITON_INTERPRET=1 set from the start: Triton
     picks interpreter or compiler once, when first imported, and this process may have imported it."""
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     proc = subprocess.run([sys.executable, "-m", "pytest", test_file, "-q", "-p", "no:cacheprovider"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    print(proc.stdout.strip().rsplit("\n", 1)[-1])
-    assert proc.returncode == 0, proc.stdout[-10000:] + proc.stderr[-3000:]
+    summary = proc.stdout.strip().rsplit("\n", 1)[-1]
+    print(summary)
+    passed = re.search(r"(\d+) passed", summary)
+    return InterpretedRun(proc.returncode, int(passed.group(1)) if passed else 0,
+                          proc.stdout[-10000:] + proc.stderr[-3000:])
 
 
 @dataclass
