@@ -67,7 +67,13 @@ def attend_kv_tile(q, k_cache_ptr, v_cache_ptr, table, pos, live, visible, offs_
     k = tl.load(k_cache_ptr + rows[:, None] + offs_d[None, :], mask=kv_mask, other=0.0).to(q.dtype)
     v = tl.load(v_cache_ptr + rows[:, None] + offs_d[None, :], mask=kv_mask, other=0.0).to(q.dtype)
     s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
-    s = tl.where(visible, s, float("-inf"))
+    return online_softmax_step(tl.where(visible, s, float("-inf")), v, m_i, l_i, acc, PRECISION)
+
+
+@jit
+def online_softmax_step(s, v, m_i, l_i, acc, PRECISION: tl.constexpr):
+    """Fold scores `s` (log2 units, -inf where hidden) of one K/V tile and its values `v` into the
+    running max `m_i`, sum `l_i` and output `acc`: the step every attention kernel shares."""
     m_new = tl.maximum(m_i, tl.max(s, 1))
     alpha = tl.exp2(m_i - m_new)
     p = tl.exp2(s - m_new[:, None])

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels._triton import cdiv, dot_precision, jit, next_pow2, tl
+from kernels._triton import cdiv, dot_precision, jit, next_pow2, online_softmax_step, tl
 from kernels.rope import (head_rmsnorm_halves, rope_cos_sin, rope_store_kv_ref, rotate_halves, select_blocks,
                           to_cache_tl)
 
@@ -279,13 +279,7 @@ def _score_tile(q1, q2, k_cache_ptr, v_cache_ptr, table, pos, live, offs_h, offs
     v = tl.load(v_cache_ptr + rows[:, None] + offs_d[None, :], mask=live[:, None] & (offs_d[None, :] < 2 * HALF),
                 other=0.0).to(q1.dtype)
     s = tl.dot(q1, tl.trans(k1), input_precision=PRECISION) + tl.dot(q2, tl.trans(k2), input_precision=PRECISION)
-    s = tl.where(live[None, :], s * qk_scale, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, 1))
-    alpha = tl.exp2(m_i - m_new)
-    p = tl.exp2(s - m_new[:, None])
-    l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-    return m_new, l_i, acc
+    return online_softmax_step(tl.where(live[None, :], s * qk_scale, float("-inf")), v, m_i, l_i, acc, PRECISION)
 
 
 @jit(do_not_specialize=("num_splits", "stride_bt_seq", "stride_p_seq", "stride_p_head", "stride_p_split"))

@@ -195,6 +195,19 @@ def _is_filtered(top_k, top_p, min_p, vocab):
     return ((top_k > 0) & (top_k < vocab)) | (top_p < 1.0) | (min_p > 0.0)
 
 
+@jit
+def _row_inputs(logits_ptr, logit_rows_ptr, seen_ptr, temperature_ptr, penalty_ptr, stride_logits, stride_seen,
+                i, row, IDENTITY_ROWS: tl.constexpr):
+    """What both sampling passes read for sample i of sequence row `row`: its logits row, its seen
+    tokens, its penalty, whether it is greedy, and 1 / temperature (1 when greedy)."""
+    lrow = i if IDENTITY_ROWS else tl.load(logit_rows_ptr + i)
+    temperature = tl.load(temperature_ptr + row)
+    greedy = temperature == 0.0
+    inv_t = tl.where(greedy, 1.0, 1.0 / tl.where(greedy, 1.0, temperature))
+    return (logits_ptr + lrow.to(tl.int64) * stride_logits, seen_ptr + row * stride_seen,
+            tl.load(penalty_ptr + row), greedy, inv_t)
+
+
 @jit(do_not_specialize=("vocab", "stride_logits", "stride_seen"))
 def _chunk_best_kernel(logits_ptr, logit_rows_ptr, seq_rows_ptr, counters_ptr, best_ptr, best_idx_ptr,
                        temperature_ptr, top_k_ptr, top_p_ptr, min_p_ptr, penalty_ptr, seed_ptr, seen_ptr,
@@ -205,13 +218,9 @@ def _chunk_best_kernel(logits_ptr, logit_rows_ptr, seq_rows_ptr, counters_ptr, b
     i = tl.program_id(0)
     chunk = tl.program_id(1)
     row = tl.load(seq_rows_ptr + i).to(tl.int64)
-    lrow = i if IDENTITY_ROWS else tl.load(logit_rows_ptr + i)
-    logit_row = logits_ptr + lrow.to(tl.int64) * stride_logits
-    seen_row = seen_ptr + row * stride_seen
-    temperature = tl.load(temperature_ptr + row)
-    penalty = tl.load(penalty_ptr + row)
-    greedy = temperature == 0.0
-    inv_t = tl.where(greedy, 1.0, 1.0 / tl.where(greedy, 1.0, temperature))
+    logit_row, seen_row, penalty, greedy, inv_t = _row_inputs(
+        logits_ptr, logit_rows_ptr, seen_ptr, temperature_ptr, penalty_ptr, stride_logits, stride_seen, i, row,
+        IDENTITY_ROWS)
     noise = tl.where(greedy, 0.0, 1.0)
     key = _row_key(seed_ptr, counters_ptr, row, i)
     best = tl.full([BLOCK_V], float("-inf"), tl.float32)
@@ -270,13 +279,9 @@ def _filtered_draw(logits_ptr, logit_rows_ptr, seq_rows_ptr, counters_ptr, tempe
                    min_p_ptr, penalty_ptr, seed_ptr, seen_ptr, vocab, stride_logits, stride_seen, i, row,
                    IDENTITY_ROWS: tl.constexpr, BLOCK_V: tl.constexpr, STEPS: tl.constexpr):
     """A draw with top-k, top-p or min-p: the cut-offs by bisection, then the race among the kept."""
-    lrow = i if IDENTITY_ROWS else tl.load(logit_rows_ptr + i)
-    logit_row = logits_ptr + lrow.to(tl.int64) * stride_logits
-    seen_row = seen_ptr + row * stride_seen
-    temperature = tl.load(temperature_ptr + row)
-    penalty = tl.load(penalty_ptr + row)
-    greedy = temperature == 0.0
-    inv_t = tl.where(greedy, 1.0, 1.0 / tl.where(greedy, 1.0, temperature))
+    logit_row, seen_row, penalty, greedy, inv_t = _row_inputs(
+        logits_ptr, logit_rows_ptr, seen_ptr, temperature_ptr, penalty_ptr, stride_logits, stride_seen, i, row,
+        IDENTITY_ROWS)
     offs0 = tl.arange(0, BLOCK_V)
 
     # pass 1: max (and the first index holding it), min
@@ -293,7 +298,7 @@ def _filtered_draw(logits_ptr, logit_rows_ptr, seq_rows_ptr, counters_ptr, tempe
     m = tl.max(best, 0)
     token = tl.min(tl.where(best == m, best_idx, 2147483647), 0)
 
-    if temperature != 0.0:
+    if not greedy:
         top_k = tl.load(top_k_ptr + row)
         top_p = tl.load(top_p_ptr + row)
         min_p = tl.load(min_p_ptr + row)
