@@ -257,11 +257,12 @@ class LLMEngine:
         """What the model holds where: weights by storage format, the KV cache's dtype and the
         context it holds; Settings and `folio` show it."""
         runner = self.runner
+        formats = runner.model.weight_formats()
         return dict(
             model=self.source.describe(),
             device=runner.device.type,
-            weight_formats=runner.model.weight_formats(),
-            weight_bytes=runner.model.weight_bytes(),
+            weight_formats=formats,
+            weight_bytes=sum(formats.values()),
             dequantized=runner.weights_dense,  # packed file weights expanded at load (the CPU's choice)
             kv_dtype=str(self.config.kv_dtype).removeprefix("torch."),
             kv_bytes_per_token=runner.bytes_per_block() // runner.block_size,
