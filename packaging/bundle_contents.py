@@ -1,4 +1,5 @@
-"""What the Folio bundle carries besides Python modules: the two bundled models and resources/.
+"""What the Folio bundle carries besides Python modules: the two bundled models, resources/ and the
+per-GPU kernel tables.
 
 Shared by `folio.spec` and `tests/test_packaging.py`, so the test checks the very list the build
 uses. Plain Python on purpose (no PyInstaller import): `make test` runs without PyInstaller.
@@ -73,8 +74,13 @@ def resources_datas() -> list[DataPair]:
     return _files_under(ROOT / RESOURCES_PACKAGE, RESOURCES_PACKAGE)
 
 
+def kernel_table_datas() -> list[DataPair]:
+    """The decode kernels' shapes measured per GPU (kernels/gemv_configs/, read beside the module)."""
+    return _files_under(ROOT / "kernels" / "gemv_configs", "kernels/gemv_configs", "*.json")
+
+
 def bundle_datas() -> list[DataPair]:
-    return chat_model_datas() + embedder_datas() + resources_datas()
+    return chat_model_datas() + embedder_datas() + resources_datas() + kernel_table_datas()
 
 
 def is_needed(bundle_path: str) -> bool:

