@@ -3,20 +3,27 @@
 With `gpu_memory_limit` the engine plans before it allocates: the weights' size is known from the
 file (packed sizes for GGUF, dense or quantized sizes for safetensors), activations are bounded
 by the largest step (`max_num_batched_tokens`), and the rest, less a margin for the CUDA context,
-is KV pool. A model that cannot fit with room for even a little context is refused with what it
-needs, and nothing is allocated. Once loaded, torch's allocator is capped at the limit, so the
-engine keeps it.
+is KV pool. Under a tight limit the prefill step, then the number of sequences run at once, give
+way to context (`fit_working_memory`): a smaller step reads a long prompt in more chunks at
+nearly the same speed, while the memory it frees holds thousands more tokens. A model that cannot fit with room for even a little context
+is refused with what it needs, and nothing is allocated. Once loaded, torch's allocator is capped
+at the limit, so the engine keeps it.
 """
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 from engine.errors import ModelLoadError
 from engine.model.config import ModelConfig
 
-CONTEXT_BYTES = 600 << 20  # CUDA context, cuBLAS workspaces, Triton's modules: outside torch's count
+CONTEXT_BYTES = 768 << 20  # CUDA context, cuBLAS workspaces, Triton's modules: outside torch's count (710 MiB on an H200)
 MIN_CONTEXT_TOKENS = 256  # a model that cannot hold this much context is refused
+MIN_STEP_TOKENS = 1024  # a tight limit halves the prefill step down to this many tokens,
+MIN_SEQS = 32  # then the sequences run at once (their logits, the decode graphs) down to this many,
+STEP_SHARE = 4  # while the working memory takes more than 1/STEP_SHARE of what the KV pool would get
+ALLOCATOR_SLACK = 256 << 20  # rounding and fragmentation in torch's allocator (82 MiB seen at an 8B's peak)
 UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
          "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12, "tib": 2**40}
 
@@ -48,6 +55,14 @@ def activation_bytes(cfg: ModelConfig, max_tokens: int, max_seqs: int, itemsize:
     return int(1.25 * (max_tokens * per_token + logits)) + largest_weight
 
 
+def working_bytes(cfg: ModelConfig, step_tokens: int, max_seqs: int, itemsize: int, largest_weight: int,
+                  graphs: bool) -> int:
+    """Eager steps' temporaries, the decode graphs' private pool (a step of every sequence at once,
+    which eager steps cannot reuse), and ALLOCATOR_SLACK."""
+    pool = activation_bytes(cfg, max_seqs, max_seqs, itemsize, largest_weight) if graphs else 0
+    return activation_bytes(cfg, step_tokens, max_seqs, itemsize, largest_weight) + pool + ALLOCATOR_SLACK
+
+
 @dataclass
 class MemoryPlan:
     limit: int
@@ -64,6 +79,9 @@ class MemoryPlan:
     def context_tokens(self) -> int:
         return self.kv_blocks * self.block_size
 
+    def kv_bytes(self) -> int:
+        return self.kv_blocks * self.kv_bytes_per_block
+
     def check(self, model: str) -> None:
         """Refuse, before anything is allocated, a model that leaves no room for context."""
         if self.context_tokens >= MIN_CONTEXT_TOKENS:
@@ -75,6 +93,20 @@ class MemoryPlan:
             f"{gib(self.activations + CONTEXT_BYTES)}, {MIN_CONTEXT_TOKENS} tokens of context "
             f"{gib(MIN_CONTEXT_TOKENS // self.block_size * self.kv_bytes_per_block)}) but the limit is "
             f"{gib(self.limit)}: raise the limit, or use a quantized model or an fp8 KV cache")
+
+
+def fit_working_memory(plan: MemoryPlan, step_tokens: int, max_seqs: int,
+                       activations: Callable[[int, int], int]) -> tuple[MemoryPlan, int, int]:
+    """The plan, prefill step (tokens) and sequences at once to use: while the working memory
+    takes more than 1/STEP_SHARE of what the KV pool would get, halve the step (not below
+    MIN_STEP_TOKENS), then the sequences (not below MIN_SEQS). `activations(step, seqs)`."""
+    while STEP_SHARE * plan.activations > plan.kv_bytes() and (step_tokens > MIN_STEP_TOKENS or max_seqs > MIN_SEQS):
+        if step_tokens > MIN_STEP_TOKENS:
+            step_tokens = max(MIN_STEP_TOKENS, step_tokens // 2)
+        else:
+            max_seqs = max(MIN_SEQS, max_seqs // 2)
+        plan = replace(plan, activations=activations(step_tokens, max_seqs))
+    return plan, step_tokens, max_seqs
 
 
 def gib(n: int) -> str:

@@ -9,6 +9,7 @@ sampling included.
 from __future__ import annotations
 
 from dataclasses import dataclass
+import logging
 import os
 
 import numpy as np
@@ -20,7 +21,7 @@ from engine.cuda_graphs import DecodeGraphs, PrefillGraphs
 from engine.input_batch import InputBatch
 from engine.loader import ModelSource, load_model, weight_sizes
 from engine import kv_scales
-from engine.memory import MemoryPlan, activation_bytes
+from engine.memory import CONTEXT_BYTES, MemoryPlan, fit_working_memory, gib, working_bytes
 from engine.model.attention import AttentionMetadata
 from engine.model.config import ModelConfig
 from engine.scheduler import ScheduledBatch
@@ -28,6 +29,7 @@ from engine.step_inputs import Sample, StagingBuffers, StepInputs, build_step, u
 from kernels.decode_attention import DecodeWorkspace, decode_num_splits, decode_workspace, plan_decode
 
 
+log = logging.getLogger(__name__)
 CPU_DENSE_LIMIT = 4 << 30  # above this a packed model stays packed on the CPU
 
 
@@ -68,11 +70,20 @@ class ModelRunner:
         sizes = weight_sizes(source, model_config, config.dtype, config.quantization, dense)
         self.memory_plan: MemoryPlan | None = None
         if cuda and config.gpu_memory_limit is not None:
-            self.memory_plan = MemoryPlan(
-                config.gpu_memory_limit, sizes.total,
-                activation_bytes(model_config, config.max_num_batched_tokens, config.max_num_seqs,
-                                 config.dtype.itemsize, sizes.largest_projection_dense),
-                self.bytes_per_block(), self.block_size)
+            def activations(step_tokens: int, max_seqs: int) -> int:
+                return working_bytes(model_config, step_tokens, max_seqs, config.dtype.itemsize,
+                                     sizes.largest_projection_dense, config.cuda_graphs)
+            asked = MemoryPlan(config.gpu_memory_limit, sizes.total,
+                               activations(config.max_num_batched_tokens, config.max_num_seqs),
+                               self.bytes_per_block(), self.block_size)
+            self.memory_plan, step_tokens, max_seqs = fit_working_memory(
+                asked, config.max_num_batched_tokens, config.max_num_seqs, activations)
+            if (step_tokens, max_seqs) != (config.max_num_batched_tokens, config.max_num_seqs):
+                log.info("prefill steps of %d tokens and %d sequences at once instead of %d and %d: under the %s "
+                         "limit that holds %d more tokens of context", step_tokens, max_seqs,
+                         config.max_num_batched_tokens, config.max_num_seqs, gib(config.gpu_memory_limit),
+                         self.memory_plan.context_tokens - asked.context_tokens)
+                config.max_num_batched_tokens, config.max_num_seqs = step_tokens, max_seqs  # the scheduler's too
             self.memory_plan.check(source.describe())  # before a byte is allocated
         self.model = load_model(source, model_config, self.device, config.dtype, max_positions,
                                 config.quantization, dense)
@@ -80,13 +91,15 @@ class ModelRunner:
         if self.memory_plan is not None:
             self.memory_plan.weights = self.model.weight_bytes()
             total = torch.cuda.get_device_properties(self.device).total_memory
-            torch.cuda.set_per_process_memory_fraction(min(1.0, config.gpu_memory_limit / total),
-                                                       self.device.index if self.device.index is not None
-                                                       else torch.cuda.current_device())
+            torch.cuda.set_per_process_memory_fraction(  # what the CUDA context takes is outside torch's count
+                min(1.0, (config.gpu_memory_limit - CONTEXT_BYTES) / total),
+                self.device.index if self.device.index is not None else torch.cuda.current_device())
         self.kv_factors: list[tuple[float, float]] | None = None  # fp8: each layer's K and V scale
         if config.kv_dtype == torch.float8_e4m3fn and calibration_ids:  # before any KV or graph exists
             self.kv_factors = kv_scales.fold(
                 self.model, kv_scales.measure(self.model, calibration_ids, self.block_size, config.dtype))
+        if cuda:  # the loader's temporaries leave cached segments that would fragment the KV pool's room
+            torch.cuda.empty_cache()
         self.num_blocks = self._num_kv_blocks()
         c = model_config
         # One allocation for every layer's K and V: [2, layers, blocks, block_size, kv_heads, head_dim].
@@ -124,11 +137,19 @@ class ModelRunner:
         c = self.model_config
         return 2 * c.num_layers * self.block_size * c.num_kv_heads * c.head_dim * self.config.kv_dtype.itemsize
 
+    def _kv_room_under_limit(self) -> int:
+        """Bytes the KV pool can take under the limit as the allocator stands after loading: freed
+        holes inside segments that weights still use cannot hold the pool, only the step's
+        temporaries (the plan counts neither)."""
+        reserved = torch.cuda.memory_reserved(self.device)
+        holes = reserved - torch.cuda.memory_allocated(self.device)
+        return self.config.gpu_memory_limit - CONTEXT_BYTES - reserved - max(0, self.memory_plan.activations - holes)
+
     def _num_kv_blocks(self) -> int:
         if self.config.num_kv_blocks is not None:
             return self.config.num_kv_blocks
         if self.memory_plan is not None:
-            num = self.memory_plan.kv_blocks
+            num = min(self.memory_plan.kv_blocks, self._kv_room_under_limit() // self.bytes_per_block())
         elif self.device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(self.device)
             num = int(free * self.config.kv_memory_fraction) // self.bytes_per_block()

@@ -8,7 +8,9 @@ from engine import LLM, ModelLoadError, SamplingParams
 from engine import kv_scales
 from engine.bench.dummy import write_gguf
 from engine.bench.quality import perplexity, teacher_forced_logits, top1_agreement
-from engine.memory import MemoryPlan, parse_size
+from engine.model.config import ModelConfig
+from engine.memory import (
+    CONTEXT_BYTES, MIN_SEQS, MIN_STEP_TOKENS, MemoryPlan, fit_working_memory, parse_size, working_bytes)
 from kernels.quant import PACKED_TYPES
 
 GREEDY = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
@@ -147,8 +149,30 @@ def test_memory_sizes_and_the_refusal_that_says_what_is_needed():
             parse_size(bad)
     fits = MemoryPlan(limit=8 << 30, weights=5 << 30, activations=1 << 30, kv_bytes_per_block=2 << 20, block_size=16)
     fits.check("8B")
-    assert fits.context_tokens == (((8 << 30) - (600 << 20) - (6 << 30)) // (2 << 20)) * 16
+    assert fits.context_tokens == (((8 << 30) - CONTEXT_BYTES - (6 << 30)) // (2 << 20)) * 16
     too_small = MemoryPlan(limit=4 << 30, weights=5 << 30, activations=1 << 30, kv_bytes_per_block=2 << 20,
                            block_size=16)
     with pytest.raises(ModelLoadError, match=r"needs 6\.\d\d GiB.*weights 5\.00 GiB.* limit is 4\.00 GiB"):
         too_small.check("8B")
+
+
+def test_a_tight_limit_trades_working_memory_for_context():
+    """An 8B-shaped Q4_K_M model (4,782 MiB of weights as measured, bf16 KV of 128 KiB a token)
+    under 8 GiB: an 8192-token prefill step and 256 sequences at once (their logits, eager and in
+    the decode graphs' pool) would leave about 7K tokens of KV; the plan halves the step, then the
+    sequences, until the working memory is at most a quarter of the KV pool, which then holds 16K
+    tokens. A roomy limit keeps what was asked."""
+    cfg = ModelConfig(model_type="llama", vocab_size=128256, hidden_size=4096, intermediate_size=14336,
+                      num_layers=32, num_heads=32, num_kv_heads=8, head_dim=128, rms_norm_eps=1e-5,
+                      rope_theta=5e5, max_position_embeddings=8192)
+
+    def activations(tokens: int, seqs: int) -> int:
+        return working_bytes(cfg, tokens, seqs, 2, 64 << 20, graphs=True)
+    per_block = 2 * 32 * 16 * 8 * 128 * 2
+    weights = int(4781.6 * 2**20)
+    asked = MemoryPlan(8 << 30, weights, activations(8192, 256), per_block, 16)
+    plan, step, seqs = fit_working_memory(asked, 8192, 256, activations)
+    assert asked.context_tokens < 8_000 and plan.context_tokens >= 16_000
+    assert (step, seqs) == (MIN_STEP_TOKENS, MIN_SEQS) and plan.activations == activations(step, seqs)
+    roomy = MemoryPlan(80 << 30, weights, activations(8192, 256), per_block, 16)
+    assert fit_working_memory(roomy, 8192, 256, activations) == (roomy, 8192, 256)

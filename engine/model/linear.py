@@ -33,8 +33,8 @@ class ProjLinear(nn.Module):
     def set_dense(self, weight: torch.Tensor) -> None:
         self.weight = nn.Parameter(weight, requires_grad=False)
 
-    def set_quantized(self, parts: list[QuantWeight]) -> None:
-        """Parts in output order; neighbours of one type are packed together."""
+    def set_quantized(self, parts: list[QuantWeight], device: torch.device) -> None:
+        """Parts in output order; neighbours of one type are packed together, then moved to `device`."""
         groups: list[list[QuantWeight]] = []
         for part in parts:
             if groups and groups[-1][0].qtype == part.qtype:
@@ -45,7 +45,7 @@ class ProjLinear(nn.Module):
         self.segments = []
         for group in groups:
             weight = group[0] if len(group) == 1 else concat_rows(group)
-            self.segments.append(Segment(weight, start))
+            self.segments.append(Segment(weight.to(device), start))
             start += weight.shape[0]
         assert start == self.out_features
 

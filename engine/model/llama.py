@@ -189,10 +189,10 @@ class LlamaForCausalLM(nn.Module):
             if len(shards) == count:
                 ordered = [shards[i] for i in range(count)]
                 if all(isinstance(v, QuantWeight) for v in ordered):
-                    module.set_quantized(ordered)
+                    module.set_quantized(ordered, device)
                 else:  # mixed: dense throughout
-                    module.set_dense(torch.cat([v if isinstance(v, torch.Tensor) else dequantize(v).to(dtype)
-                                                for v in ordered]))
+                    module.set_dense(torch.cat([v if isinstance(v, torch.Tensor) else
+                                                dequantize(v).to(device=device, dtype=dtype) for v in ordered]))
         expected = {n for n in params if not n.endswith(("qkv_proj.bias",))}
         expected |= {f"{n}#{i}" for n in params if n.endswith("qkv_proj.bias") for i in range(3)}
         for module_name in projections:
@@ -216,7 +216,11 @@ class LlamaForCausalLM(nn.Module):
         if isinstance(tensor, QuantWeight):
             if tuple(tensor.shape) != expected:
                 raise ModelLoadError(f"weight {name!r} has shape {tuple(tensor.shape)}, expected {expected}")
-            return dequantize(tensor).to(device=device, dtype=dtype) if dense else tensor.to(device)
+            if dense:
+                return dequantize(tensor).to(device=device, dtype=dtype)
+            # a part of a fused projection stays where it was read until its parts are joined, so
+            # the join leaves no freed parts behind in device memory (holes the KV pool cannot use)
+            return tensor if shard is not None else tensor.to(device)
         self._check(name, tensor, expected)
         tensor = tensor.to(device)
         if quantization is not None:
