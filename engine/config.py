@@ -43,10 +43,9 @@ class EngineConfig:
     # a GPU, whose work then overlaps the host's; off on the CPU, where both share the cores.
     async_scheduling: bool | None = None
     # KV tiers (engine/kv_tiers): cached blocks evicted from the device are kept in this much host
-    # RAM (pinned on CUDA; "1GiB", bytes, or 0 for none). The disk tier reads through it.
-    # None: 1 GiB on the CPU; off on a GPU, with the disk tier, until the tiers' device copies
-    # have run on one (they are written, not yet measured): set it to use them there.
-    host_kv_cache: str | int | None = None
+    # RAM (pinned on CUDA, allocated at the first eviction; "1GiB", bytes, or 0 for none). The
+    # disk tier reads through it.
+    host_kv_cache: str | int = "1GiB"
     # Blocks of long prompts are also written to disk, in `disk_kv_dir` (default: <cache dir>/kv),
     # capped at this size (LRU); None or 0: no disk tier. Off by default: the app turns it on.
     disk_kv_cache: str | int | None = None
@@ -84,10 +83,6 @@ class EngineConfig:
         if self.gpu_memory_limit is not None:
             from engine.memory import parse_size
             self.gpu_memory_limit = parse_size(self.gpu_memory_limit)
-        if self.host_kv_cache is None:
-            self.host_kv_cache = "1GiB" if self.device == "cpu" else 0
-            if self.device != "cpu":
-                self.disk_kv_cache = 0
         self.host_kv_cache = _size_or_zero(self.host_kv_cache)
         self.disk_kv_cache = _size_or_zero(self.disk_kv_cache)
         self.disk_kv_write_buffer = _size_or_zero(self.disk_kv_write_buffer)

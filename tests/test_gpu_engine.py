@@ -125,3 +125,34 @@ def test_seeded_sampling_is_the_same_in_graphs_and_eagerly(llama_1b):
         del llm
     assert outs[True] == outs[False]
     assert outs[True][0] != outs[True][1]
+
+
+def test_kv_tiers_on_the_gpu(llama_1b, tmp_path):
+    """A document's blocks evicted to pinned RAM come back over the side stream, and after a
+    restart come from disk; each time the answer is the one given while the blocks were still on
+    the device (the same cached prefix, so the same kernels over the same KV bytes)."""
+    params = SamplingParams(max_tokens=16, temperature=0, ignore_eos=True)
+    gen = torch.Generator().manual_seed(1)
+    doc, other, another = [torch.randint(0, 256, (n,), generator=gen).tolist() for n in (1040, 1100, 1100)]
+    tiers = dict(device="cuda", max_model_len=2048, max_num_batched_tokens=512, num_kv_blocks=140,
+                 host_kv_cache="256MiB", disk_kv_cache="256MiB", disk_kv_dir=tmp_path, disk_kv_min_prefix_tokens=512)
+    llm = LLM(llama_1b, **tiers)
+    assert llm.engine.kv_tiers is not None and llm.engine.kv_tiers.host.pin
+    llm.generate([doc], params)
+    on_device = llm.generate([doc], params)[0]
+    assert on_device.metrics.num_device_cached_tokens == 1024  # 64 full blocks; the 65th holds the last token
+    for prompt in (other, another):  # 2 x 70 blocks through a 140-block pool: the document's are evicted
+        llm.generate([prompt], params)
+    assert llm.stats()["blocks_offloaded"] >= 60
+    from_ram = llm.generate([doc], params)[0]
+    assert from_ram.metrics.num_ram_cached_tokens == 1024
+    assert from_ram.token_ids == on_device.token_ids
+    llm.engine.kv_tiers.drain()
+    assert llm.stats()["blocks_used"] == 0
+    del llm
+    torch.cuda.empty_cache()
+    restarted = LLM(llama_1b, **tiers)
+    from_disk = restarted.generate([doc], params)[0]
+    assert from_disk.metrics.num_disk_cached_tokens == 1024
+    assert from_disk.token_ids == on_device.token_ids
+    assert restarted.stats()["blocks_used"] == 0
