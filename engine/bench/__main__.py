@@ -101,9 +101,9 @@ def dummy_gguf(shape: str) -> tuple[str, str]:
 
 
 def print_decode(runs: list[patterns.DecodeRun]) -> None:
-    print(table(["sequences", "decode tok/s", "step ms", "prefill tok/s"],
-                [[str(r.num_seqs), f"{r.decode_tok_s:,.0f}", f"{r.step_ms:.3f}", f"{r.prefill_tok_s:,.0f}"]
-                 for r in runs]))
+    print(table(["sequences", "decode tok/s", "step ms", "prefill tok/s", "compiles while timed"],
+                [[str(r.num_seqs), f"{r.decode_tok_s:,.0f}", f"{r.step_ms:.3f}", f"{r.prefill_tok_s:,.0f}",
+                  ", ".join(sorted(set(r.compiles))) or "none"] for r in runs]))
 
 
 def print_document(d: patterns.SharedDocument) -> None:

@@ -21,6 +21,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 
+from engine.bench.compiles import counting_compiles
 from engine.llm import LLM
 from engine.llm_engine import LLMEngine
 from engine.sampling_params import SamplingParams
@@ -43,6 +44,7 @@ class DecodeRun:
     gen: int
     prefill_s: float
     decode_s: float
+    compiles: list[str] = field(default_factory=list)  # Triton kernels compiled during the timed run
 
     @property
     def decode_tok_s(self) -> float:
@@ -78,8 +80,9 @@ def decode_pattern(llm: LLM, sizes=(1, 8, 32, 64), prompt: int = 512, gen: int =
         # Warm-up at the same shape first (as llama-batched-bench does): the first steps of a new
         # batch shape compile kernels and capture graphs once per process, and that stays out.
         run_batch(engine, random_prompts(n, prompt, vocab, seed + 999), 8)
-        prefill_s, decode_s, _ = run_batch(engine, random_prompts(n, prompt, vocab, seed + n), gen)
-        runs.append(DecodeRun(n, prompt, gen, prefill_s, decode_s))
+        with counting_compiles() as compiles:
+            prefill_s, decode_s, _ = run_batch(engine, random_prompts(n, prompt, vocab, seed + n), gen)
+        runs.append(DecodeRun(n, prompt, gen, prefill_s, decode_s, compiles))
     return runs
 
 
