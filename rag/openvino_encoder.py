@@ -8,6 +8,10 @@ Folio's cache folder, keyed by a checksum of the weights and the OpenVINO versio
 is used only when its files match the checksums in its manifest, so one cut short or damaged is
 rebuilt, not loaded. Tokenization and mean pooling are sentence-transformers' own (the same
 tokenizer file, truncation and padding), so vectors match the torch path's.
+
+OpenVINO reports usage to Intel when it is imported and on each conversion unless the user has
+opted out (no consent file counts as consent). Folio sends nothing anywhere, so OpenVINO is only
+ever imported through `import_openvino`, which turns that off.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 import warnings
@@ -38,6 +43,16 @@ class CacheInvalid(Exception):
     """A cache entry that must not be loaded (incomplete, damaged, or of another format)."""
 
 
+def import_openvino():
+    """`import openvino` without its usage reports: with `openvino_telemetry` unimportable,
+    OpenVINO uses the stub it ships for machines without that package, which sends nothing.
+    (Where something imported OpenVINO before Folio did, its reports are that program's.)"""
+    if "openvino" not in sys.modules:
+        sys.modules.setdefault("openvino_telemetry", None)
+    import openvino
+    return openvino
+
+
 def cache_root() -> Path:
     """Where converted models live: `embedder/` in Folio's cache folder (`FOLIO_CACHE_DIR`
     overrides it, as for the engine's caches; rag keeps its own copy of that rule so that it
@@ -53,7 +68,7 @@ def unsupported_reason(model_path: str) -> str | None:
     """Why this model folder cannot run here (OpenVINO missing, not a mean-pooled BERT-style
     sentence-transformers model), or None when it can."""
     try:
-        import openvino  # noqa: F401
+        import_openvino()
     except ImportError:
         return "OpenVINO is not installed"
     try:
@@ -77,7 +92,7 @@ class OpenVINOEncoder:
     def __init__(self, model_path: str, precision: str, cache_dir: Path | None = None) -> None:
         if precision not in _HINTS:
             raise ValueError(f"OpenVINO runs fp32 or bf16 here, not {precision!r}")
-        import openvino as ov
+        ov = import_openvino()
         from tokenizers import Tokenizer
 
         self.model_path = model_path
@@ -118,7 +133,6 @@ class OpenVINOEncoder:
     def _convert(self, core):
         """The model converted from its torch weights, checked against torch on probe texts, then
         saved for the next process (best effort: an unwritable cache only costs the next start)."""
-        import openvino as ov
         import torch
         from transformers import AutoModel
         from transformers.utils import logging as hf_logging
@@ -131,6 +145,7 @@ class OpenVINOEncoder:
         ids, mask = (torch.from_numpy(a) for a in self.tokenize(_PROBE))
         with torch.inference_mode():
             expected = wrapped(ids, mask).numpy()
+        ov = import_openvino()
         with warnings.catch_warnings():  # the tracer's notes on shape checks that hold for every input here
             warnings.simplefilter("ignore")
             model = ov.convert_model(wrapped, example_input={"input_ids": ids, "attention_mask": mask},
@@ -175,9 +190,7 @@ def _min_cosine(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
 
 def fingerprint(model_path: str) -> str:
     """What a converted model depends on: the weights and config, the OpenVINO version, the cache format."""
-    import openvino
-
-    h = hashlib.sha256(f"format {CACHE_FORMAT}\nopenvino {openvino.__version__}\n".encode())
+    h = hashlib.sha256(f"format {CACHE_FORMAT}\nopenvino {import_openvino().__version__}\n".encode())
     for name in ("config.json", "model.safetensors"):
         h.update(name.encode() + b"\0" + _file_sha256(Path(model_path, name)).encode() + b"\n")
     return h.hexdigest()
@@ -213,8 +226,7 @@ def _verified_xml(folder: Path) -> Path:
 def _save(model, folder: Path) -> None:
     """Written into a fresh folder beside `folder` and renamed into place, so a reader never sees
     half an entry; a damaged entry already there is replaced."""
-    import openvino as ov
-
+    ov = import_openvino()
     folder.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:

@@ -2,10 +2,12 @@
 sentence-transformers does and its vectors match the torch path's; the converted model is kept,
 reused, and rebuilt (not loaded, not crashed on) when its cache entry is damaged; where OpenVINO is
 missing, cannot take the model, or converts it wrongly, the Embedder embeds with torch and says so
-in one log line."""
+in one log line. And OpenVINO's usage reports to Intel stay off."""
 import json
 import logging
+import os
 import shutil
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -168,3 +170,17 @@ def test_only_mean_pooled_sentence_transformers_folders_are_converted(tmp_path):
     assert "pooling_mode_cls_token" in unsupported_reason(str(cls))
     (cls / "modules.json").write_text("[")
     assert "module list cannot be read" in unsupported_reason(str(cls))
+
+
+def test_openvino_reports_nothing_to_intel(tmp_path):
+    """OpenVINO sends usage events on import and conversion unless a consent file under ~/intel
+    says no (none counts as yes), and counts them there; Folio's use of it must send none, so in
+    a fresh process that converts the model nothing is written under that home."""
+    code = ("import sys; from rag.embedder import Embedder; e = Embedder(device='cpu'); e.embed(['x']); "
+            "print(e.backend, e.model.converted, sys.modules['openvino_telemetry'])")
+    env = os.environ | {"HOME": str(tmp_path / "home"), "FOLIO_CACHE_DIR": str(tmp_path / "cache")}
+    (tmp_path / "home").mkdir()
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["openvino", "True", "None"]
+    assert list((tmp_path / "home").iterdir()) == []
