@@ -1,13 +1,14 @@
 """The bundled embedder compiled for the CPU by OpenVINO: issue 14's faster indexing.
 
-On the same CPU and the same chunks OpenVINO runs MiniLM several times faster than torch
-(`python -m rag.eval --speed`; BENCHMARKS.md, issue 14), in bf16 where the CPU has it natively
-and in fp32 elsewhere, as the torch path chooses. Nothing is downloaded: the model is converted
-once from the bundled weights (torch -> OpenVINO IR, offline, a few seconds) and kept under
-Folio's cache folder, keyed by a checksum of the weights and the OpenVINO version. A cache entry
-is used only when its files match the checksums in its manifest, so one cut short or damaged is
-rebuilt, not loaded. Tokenization and mean pooling are sentence-transformers' own (the same
-tokenizer file, truncation and padding), so vectors match the torch path's.
+On the same CPU and documents, indexing with OpenVINO runs 3-6x faster than issue 4's torch path
+and 2.7-3.2x the torch bf16 path (`python -m rag.eval --speed`; BENCHMARKS.md, issue 14), in bf16
+where the CPU has it natively and in fp32 elsewhere, as the torch path chooses. Nothing is
+downloaded: the model is converted once from the bundled weights (torch -> OpenVINO IR, offline,
+a few seconds) and kept under Folio's cache folder, keyed by a checksum of the weights and the
+OpenVINO version. A cache entry is used only when its files match the checksums in its manifest,
+so one cut short or damaged is rebuilt, not loaded. Tokenization and mean pooling are
+sentence-transformers' own (the same tokenizer file, truncation and padding), so vectors match
+the torch path's.
 
 OpenVINO reports usage to Intel when it is imported and on each conversion unless the user has
 opted out (no consent file counts as consent). Folio sends nothing anywhere, so OpenVINO is only
