@@ -121,10 +121,13 @@ def test_the_speed_benchmark_times_every_path_on_the_same_chunks(tmp_path, capsy
     if not report["chunks"]:
         pytest.skip("no man pages on this machine")
     names = [p["name"].split(":")[0] for p in report["paths"]]
-    assert names == ["issue 4", "cpu fp32", "cpu"]
+    assert names == ["issue 4", "cpu torch", "cpu openvino fp32", "cpu"]
+    assert [p["backend"] for p in report["paths"]] == ["torch", "torch", "openvino", "openvino"]
     assert all(p["chunks"] == report["chunks"] and p["chunks_per_s"] > 0 for p in report["paths"])
     assert all(p["min_cosine_to_issue4"] > 0.99 for p in report["paths"])
-    assert report["end_to_end"]["chunks"] > 0 and report["end_to_end"]["ratio"] > 0
+    whole = report["end_to_end"]
+    assert whole["chunks"] > 0 and whole["ratio"] > 0
+    assert 0 < whole["issue 4 embedding s"] < whole["issue 4 s"] and 0 < whole["default embedding s"] < whole["default s"]
     table = capsys.readouterr().out
     assert "× issue 4" in table and "Whole-library indexing" in table
 
@@ -139,7 +142,7 @@ def test_a_model_folder_saved_in_fp16_runs_in_the_precision_asked_for(tmp_path, 
     import torch
     from rag.eval.speed import save_fp16_copy
     folder = save_fp16_copy(tmp_path / "minilm-fp16")
-    copy = Embedder(str(folder), device="cpu", precision="fp32", batch_size=3)
+    copy = Embedder(str(folder), device="cpu", precision="fp32", batch_size=3, backend="torch")
     assert copy.precision == "fp32" and {p.dtype for p in copy.model.parameters()} == {torch.float32}
     assert copy.model_name == "minilm-fp16"
     cosine = (copy.embed(TEXTS) * fp32.embed(TEXTS)).sum(axis=1)
@@ -195,10 +198,10 @@ def test_batches_move_between_the_gpu_and_the_cpu_as_the_engine_comes_and_goes(f
 def test_the_speed_report_says_when_whole_library_indexing_was_not_run():
     """Where chromadb is missing (a bare GPU image) the embedding table stands alone, and says why."""
     from rag.eval.speed import PathSpeed, SpeedReport, format_speed
-    paths = [PathSpeed("issue 4", "cpu", "fp32", 64, 100, 10.0, 10.0, 1.0),
-             PathSpeed("cuda", "cuda", "fp16", 256, 100, 0.05, 2000.0, 0.9999)]
+    paths = [PathSpeed("issue 4", "cpu", "torch", "fp32", 64, 100, 10.0, 10.0, 1.0),
+             PathSpeed("cuda", "cuda", "torch", "fp16", 256, 100, 0.05, 2000.0, 0.9999)]
     report = SpeedReport({"cpu": "x", "cpus": 16, "torch": "2"}, 100, 5000, paths, None, "packages",
                          "minilm-fp16", "chromadb is not installed here: whole-library indexing not run")
     table = format_speed(report)
-    assert "| cuda | cuda | fp16 | 256 | 2000.0 | 200.00× | 0.9999 |" in table
+    assert "| cuda | cuda | torch | fp16 | 256 | 2000.0 | 200.00× | 0.9999 |" in table
     assert "of the packages corpus, model minilm-fp16" in table and "not run (chromadb is not installed" in table

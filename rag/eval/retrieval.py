@@ -242,7 +242,7 @@ def machine(embedder: Embedder | None = None) -> dict:
         pass
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {"cpu": cpu, "cpus": usable, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "device": embedder.device if embedder else "cpu",
+            "device": embedder.device if embedder else "cpu", "backend": embedder.backend if embedder else "torch",
             "precision": embedder.precision if embedder else "fp32", "python": platform.python_version()}
 
 
@@ -355,8 +355,8 @@ def format_report(report: Report) -> str:
     m, s = report.machine, report.speed
     lines = [
         f"Folio retrieval eval{' (quick)' if report.quick else ''}, {report.date}",
-        (f"Machine: {m['cpu']}, {m['cpus']} CPUs usable, torch {m['torch']} on {m['device']} "
-         f"({m['precision']}, {m['torch_threads']} threads), Python {m['python']}"),
+        (f"Machine: {m['cpu']}, {m['cpus']} CPUs usable, torch {m['torch']}; embedder on {m['device']}, "
+         f"{m['backend']} ({m['precision']}, {m['torch_threads']} torch threads), Python {m['python']}"),
     ]
     for set_report in report.sets:
         lines += ["", *format_set(set_report)]
@@ -370,7 +370,7 @@ def format_report(report: Report) -> str:
         "|---|---:|",
         f"| PDF, load + chunk ({s.pdf_pages} pages: {s.pdf_source}) | {rate(s.pages_per_s_load_chunk, 'pages/s')} |",
         f"| PDF, end to end into a library (load, chunk, embed, store) | {rate(s.pages_per_s_end_to_end, 'pages/s')} |",
-        f"| embedding, {s.chunks_embedded} token-aware chunks ({m['device']}, {m['precision']}) "
+        f"| embedding, {s.chunks_embedded} token-aware chunks ({m['device']}, {m['backend']}, {m['precision']}) "
         f"| {rate(s.chunks_per_s, 'chunks/s')} |",
         (f"| every set into its library ({s.corpus_chunks} chunks in {s.corpus_index_s:.1f} s) "
          f"| {rate(s.corpus_chunks / s.corpus_index_s if s.corpus_index_s else None, 'chunks/s')} |"),
