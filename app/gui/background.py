@@ -31,10 +31,15 @@ class Worker:
     def post(self, job: Callable[[], None]) -> None:
         self._jobs.put(job)
 
-    def stop(self, timeout: float) -> None:
-        """Finish the jobs already posted (for up to `timeout` seconds), then end the thread."""
+    def finish(self) -> None:
+        """End the thread once the jobs already posted have run (jobs posted later never run).
+        Returns at once, so the GUI thread can call it; `join` waits."""
         self._jobs.put(None)
+
+    def join(self, timeout: float | None) -> bool:
+        """Wait for a `finish`ed worker's thread to end; True once it has."""
         self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     def _run(self) -> None:
         while (job := self._jobs.get()) is not None:

@@ -129,6 +129,7 @@ def shoot(app, out: Path, theme: str, backend, embedder, docs: dict[str, Path]) 
         s.stop()
     wait(app, lambda: not any(s.busy for s in sessions))
     window.close()
+    window.wait_closed(60)  # its library workers stop before the next window (and the exit)
     return saved
 
 
