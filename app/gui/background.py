@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 from functools import partial
 
-from PySide6.QtCore import QObject, Qt, Signal
+from PySide6.QtCore import QObject, Qt, Signal, Slot
 
 log = logging.getLogger(__name__)
 
@@ -84,5 +84,9 @@ class Background(QObject):
         else:
             threading.Thread(target=job, name=name, daemon=True).start()
 
+    @Slot(object)
     def _call(self, job: Callable[[], None]) -> None:
+        """A declared slot: a plain method is reached through PySide's shared receiver objects,
+        which the GUI thread changes as it deletes objects while other threads emit into them
+        (a crash seen at window close; PYSIDE-3124)."""
         job()
