@@ -9,6 +9,7 @@ from dataclasses import asdict, replace
 
 import pytest
 from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QLabel
 
 from app.backends import LocalSpec
 from app.backends.remote import RemoteBackend
@@ -395,3 +396,34 @@ def test_the_dialog_shows_and_clears_the_kv_kept_on_disk(qtbot, tmp_path, monkey
     assert dialog.disk_kv.text() == "cleared: 3 blocks, 3.0 KiB" and not model.exists()
     dialog.refresh_kv_on_disk()
     qtbot.waitUntil(lambda: dialog.disk_kv.text().startswith("nothing yet"), timeout=10_000)
+
+
+def test_the_kv_on_disk_line_is_shown_whole_however_it_wraps(qtbot):
+    dialog = SettingsDialog(Settings())
+    qtbot.addWidget(dialog)
+    dialog.show()
+    label = dialog.disk_kv
+    for text in ("193 blocks, 68 MiB, 1 model",
+                 "nothing yet (long prompts' blocks are kept here, so documents are read once)"):
+        label.setText(text)
+        dialog.adjustSize()
+        qtbot.waitUntil(lambda: label.height() >= label.heightForWidth(label.width()), timeout=5_000)  # no line cut off
+    assert dialog.show_disk_kv.isVisible() and dialog.clear_disk_kv.isVisible()
+
+
+def test_a_status_line_too_long_for_the_window_ends_in_an_ellipsis(qtbot, make_window):
+    window = make_window()
+    qtbot.waitUntil(lambda: "prefix hits" in window.engine_label.text(), timeout=10_000)
+    window.resize(900, 600)
+    label = window.engine_label
+    qtbot.waitUntil(lambda: label.width() < label.fontMetrics().horizontalAdvance(label.text()), timeout=5_000)
+    full = label.text()
+    assert full.endswith("%") and label.toolTip() == full  # the whole line stays readable
+    shown = label.fontMetrics().elidedText(full, Qt.TextElideMode.ElideRight, label.contentsRect().width())
+    assert shown.endswith("…") and shown != full
+    plain = QLabel(shown)  # what the label must look like: the line cut at a character, with "…"
+    plain.setObjectName(label.objectName())
+    plain.setParent(window.statusBar())
+    plain.setGeometry(label.geometry())
+    plain.show()
+    assert label.grab().toImage() == plain.grab().toImage()

@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtGui import QAction, QKeySequence, QPainter
 from PySide6.QtWidgets import (QApplication, QDockWidget, QFrame, QHBoxLayout, QInputDialog, QLabel, QMainWindow,
                                QPushButton, QTabBar, QTabWidget, QToolButton, QVBoxLayout, QWidget)
 
@@ -63,6 +63,23 @@ class ErrorBanner(QFrame):
         self.icon.setPixmap(icon("warning").pixmap(self.fontMetrics().height(), self.fontMetrics().height()))
         self.text.setText(message)
         self.show()
+
+
+class ElidedLabel(QLabel):
+    """One line that ends in "…" where it does not fit (a plain QLabel cuts it mid-word), with the
+    whole line as its tooltip; `text()` stays the whole line."""
+
+    def setText(self, text: str) -> None:
+        super().setText(text)
+        self.setToolTip(text)
+
+    def paintEvent(self, event) -> None:
+        rect = self.contentsRect()
+        shown = self.fontMetrics().elidedText(self.text(), Qt.TextElideMode.ElideRight, rect.width())
+        painter = QPainter(self)
+        self.style().drawItemText(painter, rect, int(self.alignment()), self.palette(), self.isEnabled(), shown,
+                                  self.foregroundRole())
+        painter.end()
 
 
 class MainWindow(QMainWindow):
@@ -129,7 +146,7 @@ class MainWindow(QMainWindow):
         self.addDockWidget(Qt.DockWidgetArea.LeftDockWidgetArea, self.dock)
         self.resizeDocks([self.dock], [300], Qt.Orientation.Horizontal)
 
-        self.engine_label = QLabel()
+        self.engine_label = ElidedLabel()
         self.engine_label.setObjectName("engineLabel")
         # the KV picture keeps its size; a narrow window cuts this line short rather than widening
         self.engine_label.setMinimumWidth(self.engine_label.fontMetrics().averageCharWidth() * 24)

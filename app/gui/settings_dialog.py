@@ -44,6 +44,7 @@ class SettingsDialog(QDialog):
         on the CPU, so it is shown only for a GPU)."""
         super().__init__(parent)
         self.setWindowTitle("Settings")
+        self.setMinimumWidth(self.fontMetrics().averageCharWidth() * 80)  # "Loaded now" in a line or two, not four
         self.settings = settings
         self.gpu_present = gpu_present
         self._background = Background(self)
@@ -96,8 +97,6 @@ class SettingsDialog(QDialog):
         self.kv_in_ram.setToolTip("KV blocks pushed off the device are kept in this much RAM, so a chat that comes "
                                   "back to them reads them instead of computing them again. 0 keeps none.")
         self.kv_on_disk = QLineEdit(settings.disk_kv_cache)
-        self.kv_on_disk.setPlaceholderText(f"{wording.size_text(parse_size(DISK_KV_CACHE))} (default) while RAM "
-                                           "keeps KV; 0 for none")
         self.kv_on_disk.setToolTip("The KV blocks of long prompts (documents) are also kept on disk, up to this much "
                                    "per model, so a document is read once, even after a restart. They are read "
                                    "through RAM: this needs KV kept in RAM.")
@@ -168,12 +167,13 @@ class SettingsDialog(QDialog):
         self.clear_disk_kv = QPushButton("Clear")
         self.clear_disk_kv.setToolTip("Delete the KV blocks kept on disk (documents are then read again once)")
         self.clear_disk_kv.clicked.connect(self.clear_kv_on_disk)
-        disk_row = QHBoxLayout()
-        disk_row.setContentsMargins(0, 0, 0, 0)
-        disk_row.addWidget(self.disk_kv, 1)
-        disk_row.addWidget(self.show_disk_kv)
-        disk_row.addWidget(self.clear_disk_kv)
-        self._loaded_form.addRow("KV kept on disk:", disk_row)
+        disk_buttons = QHBoxLayout()  # under the text, which wraps: beside it, its last line was cut off
+        disk_buttons.setContentsMargins(0, 0, 0, 0)
+        disk_buttons.addWidget(self.show_disk_kv)
+        disk_buttons.addWidget(self.clear_disk_kv)
+        disk_buttons.addStretch(1)
+        self._loaded_form.addRow("KV kept on disk:", self.disk_kv)
+        self._loaded_form.addRow("", disk_buttons)
         gen_box = QGroupBox("Answers")
         gen_form = QFormLayout(gen_box)
         gen_form.addRow("&Temperature:", self.temperature)
@@ -266,9 +266,13 @@ class SettingsDialog(QDialog):
         self._model_form.setRowVisible(self.memory_limit, source != "remote" and on_gpu)
         self._model_form.setRowVisible(self.quantization, source == "folder")
         self.kv_fraction.setEnabled(not self.memory_limit.text().strip())  # a limit sizes the KV pool itself
-        # the engine's default: RAM keeps KV on the CPU; on a GPU not yet (the tiers' device copies are unmeasured)
+        # the engine's default: RAM keeps KV on the CPU; on a GPU not yet (the tiers' device copies are
+        # unmeasured), and the disk tier, read through RAM, waits for it there
+        disk = wording.size_text(parse_size(DISK_KV_CACHE))
         self.kv_in_ram.setPlaceholderText("none (default on a GPU), e.g. 2GiB" if on_gpu else
                                           "1.0 GiB (default); 0 for none")
+        self.kv_on_disk.setPlaceholderText(f"{disk} (default) once RAM keeps KV" if on_gpu else
+                                           f"{disk} (default); 0 for none")
         self.path.setEnabled(source in LOCAL_FILE_SOURCES)
         self.browse.setEnabled(source in LOCAL_FILE_SOURCES)
 
