@@ -64,22 +64,24 @@ class Borrowed:
 def make_window(qtbot, tmp_path, shared_backend, embedder):
     """`make_window(data_dir=None, settings=None, backend=shared)`: a shown MainWindow whose
     backend is ready (unless `wait=False`); closed at the end of the test, as the app quits."""
-    windows: list[MainWindow] = []
 
     def make(data_dir: Path | None = None, settings: Settings = TEST_SETTINGS, backend=shared_backend,
              wait: bool = True) -> MainWindow:
         window = MainWindow(data_dir or tmp_path / "data", settings, backend=backend, embedder=embedder)
-        qtbot.addWidget(window)
-        windows.append(window)
+        add_window(qtbot, window)
         window.show()
         if wait:
             qtbot.waitUntil(lambda: window.bridge.state == READY, timeout=ANSWER_TIMEOUT_MS)
             qtbot.waitUntil(lambda: window.library.library is not None, timeout=ANSWER_TIMEOUT_MS)
         return window
 
-    yield make
-    for window in windows:
-        close_window(qtbot, window)
+    return make
+
+
+def add_window(qtbot, window: MainWindow) -> None:
+    """Have pytest-qt close `window` after the test with `close_window`, before it deletes the
+    window: a worker still stopping would deliver into objects being deleted."""
+    qtbot.addWidget(window, before_close_func=lambda w: close_window(qtbot, w))
 
 
 def close_window(qtbot, window: MainWindow) -> None:

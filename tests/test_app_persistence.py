@@ -8,7 +8,7 @@ from app.gui.main_window import MainWindow
 from app.paths import history_path
 from app.gui.settings import load_settings
 from app_fixtures import make_window, shared_backend  # noqa: F401 (fixtures)
-from app_fixtures import TEST_SETTINGS, close_window, settings, type_and_send, wait_answer
+from app_fixtures import TEST_SETTINGS, add_window, close_window, settings, type_and_send, wait_answer
 
 
 def test_restart_restores_tabs_messages_and_a_partial_answer(qtbot, make_window, tmp_path):
@@ -71,7 +71,7 @@ def test_command_line_overrides_hold_for_this_run_only(qtbot, tmp_path, shared_b
     data_dir = tmp_path / "profile"
     window = MainWindow(data_dir, TEST_SETTINGS, backend=shared_backend, embedder=embedder,
                         run_overrides=[{"theme": "dark"}, {"device": "cpu"}])
-    qtbot.addWidget(window)
+    add_window(qtbot, window)
     assert (window.settings.theme, window.settings.device) == ("dark", "cpu")
 
     window.apply_settings(settings(theme="dark", device="cpu", temperature=0.5))  # the user changed one field
@@ -84,4 +84,4 @@ def test_command_line_overrides_hold_for_this_run_only(qtbot, tmp_path, shared_b
     window.apply_settings(settings(theme="dark", device="cpu", temperature=0.5))   # ... and then cpu: theirs now
     saved = load_settings(data_dir)
     assert (saved.theme, saved.device) == (TEST_SETTINGS.theme, "cpu")
-    close_window(qtbot, window)
+    window.close()
