@@ -1,5 +1,9 @@
 """Fixtures and helpers for the desktop-app tests: one local backend for the whole run, a fresh
-data dir per window, and small synchronous helpers that drive the real widgets."""
+data dir per window, and small synchronous helpers that drive the real widgets.
+
+Everything stops the way the app quits: a window is closed and waited for until its `closed`
+signal (engine and library joined), and the shared backend is shut down once, at the end of the
+run, before the interpreter exits (an engine thread still stepping then aborts the process)."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -15,6 +19,7 @@ from app.gui.main_window import MainWindow
 from app.gui.settings import Settings
 
 ANSWER_TIMEOUT_MS = 120_000
+CLOSE_TIMEOUT_MS = 60_000
 TEST_SETTINGS = Settings(temperature=0.0, max_tokens=16)
 KV_BLOCKS = 256  # 4096 tokens: enough for every test, small enough to allocate quickly
 
@@ -22,15 +27,24 @@ _backend = None
 
 
 @pytest.fixture
-def shared_backend():
+def shared_backend(request):
     """One local backend for every app test in the run (loading the model takes seconds); each
-    window adopts it and never shuts it down."""
+    window adopts it and never shuts it down: the run does, at its end."""
     global _backend
     if _backend is None:
         from app.backends.local import LocalBackend
         from engine import EngineThread
         _backend = LocalBackend(EngineThread(None, num_kv_blocks=KV_BLOCKS))
+        request.config.add_cleanup(_shut_down_shared_backend)
     return _backend
+
+
+def _shut_down_shared_backend() -> None:
+    """As the bridge stops a backend it opened: answers still running abort, the engine thread is joined."""
+    global _backend
+    backend, _backend = _backend, None
+    backend.shutdown(None)
+    assert not backend.engine_thread._thread.is_alive(), "the engine thread outlived its shutdown"
 
 
 class Borrowed:
@@ -49,12 +63,12 @@ class Borrowed:
 @pytest.fixture
 def make_window(qtbot, tmp_path, shared_backend, embedder):
     """`make_window(data_dir=None, settings=None, backend=shared)`: a shown MainWindow whose
-    backend is ready (unless `wait=False`); closed at the end of the test."""
+    backend is ready (unless `wait=False`); closed at the end of the test, as the app quits."""
 
     def make(data_dir: Path | None = None, settings: Settings = TEST_SETTINGS, backend=shared_backend,
              wait: bool = True) -> MainWindow:
         window = MainWindow(data_dir or tmp_path / "data", settings, backend=backend, embedder=embedder)
-        qtbot.addWidget(window)
+        add_window(qtbot, window)
         window.show()
         if wait:
             qtbot.waitUntil(lambda: window.bridge.state == READY, timeout=ANSWER_TIMEOUT_MS)
@@ -62,6 +76,19 @@ def make_window(qtbot, tmp_path, shared_backend, embedder):
         return window
 
     return make
+
+
+def add_window(qtbot, window: MainWindow) -> None:
+    """Have pytest-qt close `window` after the test with `close_window`, before it deletes the
+    window: a worker still stopping would deliver into objects being deleted."""
+    qtbot.addWidget(window, before_close_func=lambda w: close_window(qtbot, w))
+
+
+def close_window(qtbot, window: MainWindow) -> None:
+    """Close `window` as a person would (again is fine) and wait until the engine it opened and its
+    library workers have stopped, so its data dir may be opened again."""
+    window.close()
+    qtbot.waitUntil(lambda: window.wait_closed(0), timeout=CLOSE_TIMEOUT_MS)
 
 
 def settings(**changes) -> Settings:

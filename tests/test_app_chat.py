@@ -154,7 +154,8 @@ def test_every_generation_is_released_when_it_ends(qtbot, make_window, shared_ba
     gate.set()
     qtbot.waitUntil(lambda: bridge.state == READY, timeout=60_000)
     assert ended[0].finish_reason == "abort" and bridge._active == {}
-    bridge.shutdown()
+    with qtbot.waitSignal(bridge.closed, timeout=60_000):
+        bridge.close()
 
 
 def test_reopening_a_chat_whose_answer_is_still_stopping_keeps_one_session(qtbot, make_window):

@@ -84,7 +84,9 @@ def test_a_library_import_failure_reaches_the_chat_and_the_panel(qtbot, tmp_path
     (tmp_path / "note.txt").write_text("a note")
     service.index([tmp_path / "note.txt"], indexed.append)
     qtbot.waitUntil(lambda: bool(prompts) and bool(indexed), timeout=10_000)
-    service.shutdown()
+    with qtbot.waitSignal(service.closed, timeout=60_000):
+        service.close()
+    assert service.library is None
     assert prompts[0][0] is None and "chromadb is damaged" in prompts[0][1]
     assert indexed == [[]] and [j.state for j in jobs] == [JOB_FAILED] and "chromadb is damaged" in jobs[0].error
 

@@ -134,4 +134,5 @@ def test_the_library_leaves_the_gpu_to_the_engine_while_it_answers(qtbot, make_w
         busy[0] = False
         assert may_use_gpu() is True
     finally:
-        service.shutdown()
+        with qtbot.waitSignal(service.closed, timeout=60_000):
+            service.close()

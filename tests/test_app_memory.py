@@ -9,6 +9,7 @@ from dataclasses import asdict, replace
 
 import pytest
 from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QLabel
 
 from app.backends import LocalSpec
 from app.backends.remote import RemoteBackend
@@ -127,6 +128,103 @@ def test_a_bad_memory_limit_is_refused_in_the_dialog_and_nothing_is_lost(qtbot, 
     assert not dialog.isVisible()
     assert window.settings.gpu_memory_limit == "6 GiB" and window.settings.temperature == 0.5
     assert load_settings(data).gpu_memory_limit == "6 GiB"
+
+
+# ---------------------------------------------------------------------------------- the KV tiers' sizes
+
+def test_the_kv_tier_sizes_round_trip_and_reach_the_engine_config(tmp_path):
+    from engine import EngineConfig
+
+    chosen = Settings(device="cpu", host_kv_cache="512MiB", disk_kv_cache="8 GiB")
+    save_settings(tmp_path, chosen)
+    assert load_settings(tmp_path) == chosen
+    spec = chosen.backend_spec()
+    assert dict(spec.config) == {"host_kv_cache": 512 << 20, "disk_kv_cache": 8 * GIB}
+    config = EngineConfig(device="cpu", **dict(spec.config))
+    assert (config.host_kv_cache, config.disk_kv_cache) == (512 << 20, 8 * GIB)
+    for change in (dict(host_kv_cache="1GiB"), dict(host_kv_cache=""), dict(disk_kv_cache="0"),
+                   dict(disk_kv_cache="")):
+        assert replace(chosen, **change).backend_spec() != spec, change  # a reason to reload
+    assert replace(chosen, host_kv_cache="0.5 GiB", disk_kv_cache="8GiB").backend_spec() == spec
+
+    # unset: the defaults, as before the fields existed (the engine's RAM tier, the app's disk tier)
+    assert "host_kv_cache" not in dict(Settings().backend_spec().config)
+    assert "disk_kv_cache" not in dict(Settings().backend_spec().config)
+    # no RAM: the default disk tier, which reads through it, goes too (the engine refuses one without the other)
+    no_ram = dict(Settings(device="cpu", host_kv_cache="0").backend_spec().config)
+    assert no_ram == {"host_kv_cache": 0, "disk_kv_cache": 0}
+    assert EngineConfig(device="cpu", **no_ram).disk_kv_cache == 0
+
+
+@pytest.mark.parametrize("changes, why", [
+    (dict(host_kv_cache="lots"), "KV kept in RAM: a memory size must look like '8GiB' or '7.5 GB', got 'lots'"),
+    (dict(disk_kv_cache="-3GiB"), "KV kept on disk: a size cannot be negative, got '-3GiB'"),
+    (dict(disk_kv_cache="0 GiB"), "KV kept on disk: a memory size must be positive, got '0 GiB'"),
+    (dict(host_kv_cache="0", disk_kv_cache="4GiB"), "KV kept on disk needs KV kept in RAM"),
+])
+def test_a_bad_kv_tier_size_is_named_in_words(changes, why):
+    problems = Settings(**changes).problems()
+    assert len(problems) == 1 and problems[0].startswith(why), problems
+
+
+def test_a_hand_edited_bad_kv_tier_size_falls_back_alone(tmp_path):
+    save_settings(tmp_path, Settings(temperature=0.2, host_kv_cache="2GiB", disk_kv_cache="16GiB"))
+    raw = json.loads(settings_path(tmp_path).read_text())
+    raw.update(disk_kv_cache="a lot")
+    settings_path(tmp_path).write_text(json.dumps(raw))
+    loaded = load_settings(tmp_path)
+    assert (loaded.host_kv_cache, loaded.disk_kv_cache, loaded.temperature) == ("2GiB", "", 0.2)
+
+
+def test_a_bad_kv_tier_size_is_refused_in_the_dialog_and_nothing_changes(qtbot, make_window, tmp_path):
+    data = tmp_path / "data"
+    window = make_window(data_dir=data, settings=settings(device="cpu"))
+    dialog = window.open_settings()
+    assert dialog.kv_in_ram.isVisible() and dialog.kv_on_disk.isVisible()
+    assert (dialog.kv_in_ram.text(), dialog.kv_on_disk.text()) == ("", "")  # the defaults, said in the placeholders
+    assert dialog.kv_in_ram.placeholderText().startswith("1.0 GiB (default)")
+    assert dialog.kv_on_disk.placeholderText().startswith("4.0 GiB (default)")
+    for ram, disk, why in (("", "lots", "KV kept on disk: a memory size must look like"),
+                           ("-3GiB", "", "KV kept in RAM: a size cannot be negative"),
+                           ("0", "4GiB", "KV kept on disk needs KV kept in RAM")):
+        dialog.kv_in_ram.setText(ram)
+        dialog.kv_on_disk.setText(disk)
+        with qtbot.assertNotEmitted(dialog.accepted_settings), qtbot.assertNotEmitted(window.bridge.stateChanged):
+            qtbot.mouseClick(_ok_button(dialog), Qt.MouseButton.LeftButton)
+        assert dialog.isVisible() and dialog.problem.isVisible() and dialog.problem.text().startswith(why)
+        assert (dialog.kv_in_ram.text(), dialog.kv_on_disk.text()) == (ram, disk)  # the edits stay, to be fixed
+    assert (window.settings.host_kv_cache, window.settings.disk_kv_cache) == ("", "")
+    assert not settings_path(data).exists()  # nothing saved
+    dialog.source.setCurrentIndex(dialog.source.findData("remote"))
+    assert not (dialog.kv_in_ram.isVisible() or dialog.kv_on_disk.isVisible())  # the server's memory is its own
+    dialog.reject()
+
+
+def test_kv_tier_sizes_set_in_the_dialog_are_saved_and_the_reloaded_engine_has_them(qtbot, make_window, tmp_path,
+                                                                                   monkeypatch):
+    opened = []
+
+    def open_small(spec):
+        opened.append(spec)
+        return open_backend(replace(spec, config=spec.config + (("num_kv_blocks", KV_BLOCKS),)))
+
+    open_backend = engine_bridge.open_backend
+    monkeypatch.setattr(engine_bridge, "open_backend", open_small)
+    data = tmp_path / "data"
+    window = make_window(data_dir=data, settings=settings(device="cpu"))
+    dialog = window.open_settings()
+    dialog.kv_in_ram.setText("64MiB")
+    dialog.kv_on_disk.setText("128 MiB")
+    qtbot.mouseClick(_ok_button(dialog), Qt.MouseButton.LeftButton)
+    assert not dialog.isVisible() and window.bridge.state == LOADING  # the next load has them
+    assert (load_settings(data).host_kv_cache, load_settings(data).disk_kv_cache) == ("64MiB", "128 MiB")
+    qtbot.waitUntil(lambda: window.bridge.state == READY and "ram_blocks_total" in window.bridge.last_stats,
+                    timeout=TIMEOUT_MS)
+    assert [(dict(s.config)["host_kv_cache"], dict(s.config)["disk_kv_cache"]) for s in opened] == [(64 << 20, 128 << 20)]
+    stats, info = window.bridge.last_stats, window.bridge.backend.model_info()
+    assert stats["disk_bytes_total"] == 128 << 20
+    assert stats["ram_blocks_total"] == (64 << 20) // (info["kv_bytes_per_token"] * 16)
+    assert window.kv.legend.text().endswith(" · RAM 0 · disk 0")  # both tiers on, nothing kept yet
 
 
 def _ok_button(dialog: SettingsDialog):
@@ -298,3 +396,34 @@ def test_the_dialog_shows_and_clears_the_kv_kept_on_disk(qtbot, tmp_path, monkey
     assert dialog.disk_kv.text() == "cleared: 3 blocks, 3.0 KiB" and not model.exists()
     dialog.refresh_kv_on_disk()
     qtbot.waitUntil(lambda: dialog.disk_kv.text().startswith("nothing yet"), timeout=10_000)
+
+
+def test_the_kv_on_disk_line_is_shown_whole_however_it_wraps(qtbot):
+    dialog = SettingsDialog(Settings())
+    qtbot.addWidget(dialog)
+    dialog.show()
+    label = dialog.disk_kv
+    for text in ("193 blocks, 68 MiB, 1 model",
+                 "nothing yet (long prompts' blocks are kept here, so documents are read once)"):
+        label.setText(text)
+        dialog.adjustSize()
+        qtbot.waitUntil(lambda: label.height() >= label.heightForWidth(label.width()), timeout=5_000)  # no line cut off
+    assert dialog.show_disk_kv.isVisible() and dialog.clear_disk_kv.isVisible()
+
+
+def test_a_status_line_too_long_for_the_window_ends_in_an_ellipsis(qtbot, make_window):
+    window = make_window()
+    qtbot.waitUntil(lambda: "prefix hits" in window.engine_label.text(), timeout=10_000)
+    window.resize(900, 600)
+    label = window.engine_label
+    qtbot.waitUntil(lambda: label.width() < label.fontMetrics().horizontalAdvance(label.text()), timeout=5_000)
+    full = label.text()
+    assert full.endswith("%") and label.toolTip() == full  # the whole line stays readable
+    shown = label.fontMetrics().elidedText(full, Qt.TextElideMode.ElideRight, label.contentsRect().width())
+    assert shown.endswith("…") and shown != full
+    plain = QLabel(shown)  # what the label must look like: the line cut at a character, with "…"
+    plain.setObjectName(label.objectName())
+    plain.setParent(window.statusBar())
+    plain.setGeometry(label.geometry())
+    plain.show()
+    assert label.grab().toImage() == plain.grab().toImage()

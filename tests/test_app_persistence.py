@@ -8,7 +8,7 @@ from app.gui.main_window import MainWindow
 from app.paths import history_path
 from app.gui.settings import load_settings
 from app_fixtures import make_window, shared_backend  # noqa: F401 (fixtures)
-from app_fixtures import TEST_SETTINGS, settings, type_and_send, wait_answer
+from app_fixtures import TEST_SETTINGS, add_window, close_window, settings, type_and_send, wait_answer
 
 
 def test_restart_restores_tabs_messages_and_a_partial_answer(qtbot, make_window, tmp_path):
@@ -34,6 +34,7 @@ def test_restart_restores_tabs_messages_and_a_partial_answer(qtbot, make_window,
     window.tabs.tabBar().moveTab(1, 0)  # reorder: the story first
     window.close()                      # quitting mid-answer keeps what was streamed
     assert answer.status == STOPPED and answer.content
+    close_window(qtbot, window)         # stopped: the data dir's library may be opened again
     titles = [second.session.title, "Greetings"]
     assert titles[0].startswith("Tell me a long story")
 
@@ -60,7 +61,7 @@ def test_restart_restores_the_current_tab(qtbot, make_window, tmp_path):
     window.new_chat()
     window.tabs.setCurrentIndex(1)
     current = window.current_session().chat_id
-    window.close()
+    close_window(qtbot, window)
 
     again = make_window(data_dir)
     assert again.tabs.count() == 3 and again.current_session().chat_id == current
@@ -70,7 +71,7 @@ def test_command_line_overrides_hold_for_this_run_only(qtbot, tmp_path, shared_b
     data_dir = tmp_path / "profile"
     window = MainWindow(data_dir, TEST_SETTINGS, backend=shared_backend, embedder=embedder,
                         run_overrides=[{"theme": "dark"}, {"device": "cpu"}])
-    qtbot.addWidget(window)
+    add_window(qtbot, window)
     assert (window.settings.theme, window.settings.device) == ("dark", "cpu")
 
     window.apply_settings(settings(theme="dark", device="cpu", temperature=0.5))  # the user changed one field

@@ -21,7 +21,7 @@ from app.paths import settings_path
 from app.backends.remote import RemoteBackend
 from app.gui.settings import Settings, load_settings, save_settings
 from app.gui.settings_dialog import SettingsDialog
-from app_fixtures import type_and_send, wait_answer
+from app_fixtures import add_window, type_and_send, wait_answer
 from engine import SamplingParams
 from serve_process import KEY, LONG_ANSWER, MODEL, ServerProcess, stats, wait_until_idle
 
@@ -39,11 +39,12 @@ def server():
 
 @pytest.fixture
 def open_window(qtbot, tmp_path, embedder):
-    """`open_window(settings)`: a shown MainWindow that makes its own engine from the settings."""
+    """`open_window(settings)`: a shown MainWindow that makes its own engine from the settings;
+    closed at the end of the test, as the app quits."""
 
     def open_(settings: Settings) -> MainWindow:
         window = MainWindow(tmp_path / "data", settings, embedder=embedder)
-        qtbot.addWidget(window)
+        add_window(qtbot, window)
         window.show()
         qtbot.waitUntil(lambda: window.bridge.state in (READY, FAILED), timeout=TIMEOUT_MS)
         qtbot.waitUntil(lambda: window.library.library is not None, timeout=TIMEOUT_MS)

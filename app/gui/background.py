@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 from functools import partial
 
-from PySide6.QtCore import QObject, Qt, Signal
+from PySide6.QtCore import QObject, Qt, Signal, Slot
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +31,15 @@ class Worker:
     def post(self, job: Callable[[], None]) -> None:
         self._jobs.put(job)
 
-    def stop(self, timeout: float) -> None:
-        """Finish the jobs already posted (for up to `timeout` seconds), then end the thread."""
+    def finish(self) -> None:
+        """End the thread once the jobs already posted have run (jobs posted later never run).
+        Returns at once, so the GUI thread can call it; `join` waits."""
         self._jobs.put(None)
+
+    def join(self, timeout: float | None) -> bool:
+        """Wait for a `finish`ed worker's thread to end; True once it has."""
         self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     def _run(self) -> None:
         while (job := self._jobs.get()) is not None:
@@ -79,5 +84,9 @@ class Background(QObject):
         else:
             threading.Thread(target=job, name=name, daemon=True).start()
 
+    @Slot(object)
     def _call(self, job: Callable[[], None]) -> None:
+        """A declared slot: a plain method is reached through PySide's shared receiver objects,
+        which the GUI thread changes as it deletes objects while other threads emit into them
+        (a crash seen at window close; PYSIDE-3124)."""
         job()

@@ -2,8 +2,13 @@
 
 The backend (local or remote, see `app.backends`) calls back on its own thread. Those callbacks
 go through the bridge's `Background`, so every slot runs in the GUI thread, and the GUI thread
-never blocks on the backend: loading happens on a loader thread, and stats are read from the
-backend's cached copy.
+never blocks on the backend: loading and stopping happen on the bridge's lifetime worker, in
+order, and stats are read from the backend's cached copy.
+
+Every backend the bridge opens is stopped and joined on that worker before `closed` fires: an
+engine thread still stepping when the interpreter exits aborts the process (CPython ends a daemon
+thread that wants the GIL back after finalization began with pthread_exit, whose unwinding through
+torch's C++ frames calls std::terminate: "terminate called without an active exception").
 
 Callbacks carry a generation key, never the `Generation` QObject itself: a QObject must die in the
 thread it lives in, and the engine thread may hold its callbacks longer than the GUI holds the
@@ -13,7 +18,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import threading
 from dataclasses import dataclass
 from functools import partial
 
@@ -21,7 +25,7 @@ from PySide6.QtCore import QObject, QTimer, Signal
 
 from app.backends import Backend, BackendSpec, is_user_error, open_backend, user_message
 from app.gui import heavy_imports
-from app.gui.background import Background
+from app.gui.background import Background, Worker
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +82,7 @@ class EngineBridge(QObject):
 
     stateChanged = Signal(str, str)  # state, detail (the backend's description, or the error message)
     statsChanged = Signal(object)    # the backend's stats() dict
+    closed = Signal()                # after `close`: every backend this bridge opened has stopped
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -90,6 +95,8 @@ class EngineBridge(QObject):
         self._keys = itertools.count()
         self._active: dict[int, Generation] = {}  # submitted or waiting for the backend
         self._background = Background(self)
+        self._lifetime = Worker("folio-engine-lifetime")  # loads and stops backends, one after another
+        self._live: set[Backend] = set()  # opened by this bridge and not yet stopped; lifetime worker only
         self._stats_timer = QTimer(self)
         self._stats_timer.setInterval(STATS_INTERVAL_MS)
         self._stats_timer.timeout.connect(self._poll_stats)
@@ -118,7 +125,7 @@ class EngineBridge(QObject):
         self._set_state(LOADING, description)
         epoch = self._epoch
         self._background.run(partial(self._load, epoch, spec), partial(self._on_loaded, epoch),
-                             partial(self._on_load_failed, epoch), name="folio-engine-loader")
+                             partial(self._on_load_failed, epoch), worker=self._lifetime)
 
     def use(self, backend: Backend, description: str = "") -> None:
         """Adopt a ready backend made elsewhere (shared by tests); the bridge never shuts it down."""
@@ -128,30 +135,52 @@ class EngineBridge(QObject):
         self._set_state(LOADING, description)
         self._adopt(backend)
 
-    def shutdown(self, timeout: float = 2.0) -> None:
-        """At exit: cancel everything, stop a backend this bridge opened."""
-        self._stats_timer.stop()
+    def close(self) -> None:
+        """At exit, without blocking: cancel every answer first (the engine then stops within a
+        step), then stop every backend this bridge opened, a load still running included, on the
+        lifetime worker. `closed` follows in the GUI thread; `wait_closed` waits where no event
+        loop runs any more."""
         for generation in list(self._active.values()):
             generation.cancel()
-        backend, owned = self.backend, self._owned
-        self.backend = None
-        self._epoch += 1  # a load still in flight shuts its backend down when it lands
-        if backend is not None and owned:
-            backend.shutdown(timeout)
+        self._retire_backend()
+        self._epoch += 1  # a load still in flight is stopped when it lands
+        self._background.run(self._stop_all, lambda _: self.closed.emit(), worker=self._lifetime)
+        self._lifetime.finish()
 
-    def _load(self, epoch: int, spec: BackendSpec) -> Backend | None:  # loader thread
+    def wait_closed(self, timeout: float | None) -> bool:
+        """After `close`: wait until every backend this bridge opened has stopped (True) or
+        `timeout` seconds have passed (False)."""
+        return self._lifetime.join(timeout)
+
+    # lifetime worker
+    def _load(self, epoch: int, spec: BackendSpec) -> Backend | None:
         heavy_imports.ensure()  # not while the indexing worker imports the same libraries
         backend = open_backend(spec)
+        self._live.add(backend)
         if epoch != self._epoch:  # replaced, or the window closed, while loading
-            _shutdown_quietly(backend)
+            self._stop(backend)
             return None
         return backend
 
+    def _stop(self, backend: Backend) -> None:
+        """Stop and join `backend`, once (a retired backend and `close` may both ask)."""
+        if backend in self._live:
+            self._live.discard(backend)
+            try:
+                backend.shutdown(None)  # joined however long the engine's current step takes: it cannot be cut short
+            except Exception:
+                log.exception("stopping the backend failed")
+
+    def _stop_all(self) -> None:
+        for backend in list(self._live):  # e.g. one whose load landed after the window closed
+            self._stop(backend)
+
+    # GUI thread
     def _on_loaded(self, epoch: int, backend: Backend | None) -> None:
         if backend is None:
             return
-        if epoch != self._epoch:
-            _stop_in_background(backend)
+        if epoch != self._epoch:  # replaced after the load's own check; `close` stops it if it came first
+            self._lifetime.post(partial(self._stop, backend))
             return
         self._adopt(backend)
 
@@ -175,8 +204,9 @@ class EngineBridge(QObject):
                 self._submit(generation)
 
     def _retire_backend(self) -> None:
-        """Cancel what runs on the current backend and stop it off the GUI thread. Requests not
-        yet submitted stay queued for the next backend."""
+        """Cancel what runs on the current backend and stop it on the lifetime worker (before the
+        next one loads, so the two never share the memory). Requests not yet submitted stay
+        queued for the next backend."""
         old, owned = self.backend, self._owned
         self.backend = None
         self.last_stats = {}  # the old backend's context length and KV pool no longer apply
@@ -185,7 +215,7 @@ class EngineBridge(QObject):
             if generation.handle is not None:
                 generation.cancel()
         if old is not None and owned:
-            _stop_in_background(old)
+            self._lifetime.post(partial(self._stop, old))
 
     def _set_state(self, state: str, detail: str) -> None:
         log.info("engine %s: %s", state, detail)
@@ -256,15 +286,3 @@ class EngineBridge(QObject):
         if always or stats != self.last_stats:
             self.last_stats = stats
             self.statsChanged.emit(stats)
-
-
-def _stop_in_background(backend: Backend) -> None:
-    """`shutdown` joins the engine thread: never in the GUI thread."""
-    threading.Thread(target=_shutdown_quietly, args=(backend,), name="folio-engine-stop", daemon=True).start()
-
-
-def _shutdown_quietly(backend: Backend) -> None:
-    try:
-        backend.shutdown()
-    except Exception:
-        log.exception("stopping the backend failed")

@@ -2,7 +2,8 @@
 
 Sets up the data dir (`--data-dir`, else $FOLIO_DATA_DIR, else the platform's user data dir),
 logging to a file there, the QApplication and its theme, and opens the main window. The window
-shows at once; the model loads in the background.
+shows at once; the model loads in the background. Closing the window quits once the engine and
+the library have stopped (a thread still running when Python exits can abort the process).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from app.gui.system_libraries import install_advice, missing_libraries, show_dia
 from app.paths import data_dir, log_path
 
 log = logging.getLogger("folio")
+QUIT_WAIT_S = 120.0  # after the window closed: how long the engine's last step and the library get
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,6 +120,15 @@ def run_gui(argv: list[str] | None = None) -> int:
     if args.files:
         window.index([p.absolute() for p in args.files])
     _close_on_signals(window)
+    app.setQuitOnLastWindowClosed(False)  # the window closed: quit once what it started has stopped
+    window.closed.connect(app.quit)
+    app.aboutToQuit.connect(window.close)  # quit another way (the session ends): close as a person would
     code = app.exec()
+    if not window.wait_closed(QUIT_WAIT_S):
+        # a step that never ends (a hung GPU): leave without finalizing Python, which would abort
+        # on the thread still inside torch; the chats and settings are saved already
+        log.error("the engine or the library did not stop within %.0f s; leaving without waiting", QUIT_WAIT_S)
+        logging.shutdown()
+        os._exit(code)
     log.info("exiting with %d", code)
     return code

@@ -60,6 +60,7 @@ class LibraryService(QObject):
     openFailed = Signal(str)
     documentsChanged = Signal(object)  # list[DocumentInfo]
     jobChanged = Signal(object)        # FileJob (a snapshot)
+    closed = Signal()                  # after `close`: both workers are done and the library is closed
 
     def __init__(self, folder: Path, embedder=None, parent: QObject | None = None,
                  engine_busy: Callable[[], bool] | None = None) -> None:
@@ -122,13 +123,19 @@ class LibraryService(QObject):
         """Drop a pending callback (its chat was closed or stopped)."""
         self._callbacks.pop(key, None)
 
-    def shutdown(self, timeout: float = 5.0) -> None:
+    def close(self) -> None:
+        """At exit, without blocking: cancel the indexing, let each worker finish what it holds, and
+        close the library on the query worker. `closed` follows in the GUI thread; `wait_closed`
+        waits where no event loop runs any more."""
         self.cancel_all()
-        self._indexer.stop(timeout)
-        self._query.stop(timeout)
-        if self.library is not None:
-            self.library.close()
-            self.library = None
+        self._indexer.finish()
+        self._background.run(self._close_library, lambda _: self.closed.emit(), worker=self._query)
+        self._query.finish()
+
+    def wait_closed(self, timeout: float | None) -> bool:
+        """After `close`: True once both workers have ended (the library closed), False if
+        `timeout` seconds passed first."""
+        return self._indexer.join(timeout) and self._query.join(timeout)
 
     def _remember(self, callback: Callable | None) -> int:
         key = next(self._keys)
@@ -156,6 +163,12 @@ class LibraryService(QObject):
         self._background.call_soon(self._call, key, *args)
 
     # ------------------------------------------------------------------ query worker
+
+    def _close_library(self) -> None:
+        self._indexer.join(None)  # its last file, cancelled, may still be writing to the library
+        if self.library is not None:
+            self.library.close()
+            self.library = None
 
     def _open(self, embedder) -> None:
         try:

@@ -6,8 +6,8 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
-from PySide6.QtCore import Qt
-from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QAction, QKeySequence, QPainter
 from PySide6.QtWidgets import (QApplication, QDockWidget, QFrame, QHBoxLayout, QInputDialog, QLabel, QMainWindow,
                                QPushButton, QTabBar, QTabWidget, QToolButton, QVBoxLayout, QWidget)
 
@@ -65,7 +65,26 @@ class ErrorBanner(QFrame):
         self.show()
 
 
+class ElidedLabel(QLabel):
+    """One line that ends in "…" where it does not fit (a plain QLabel cuts it mid-word), with the
+    whole line as its tooltip; `text()` stays the whole line."""
+
+    def setText(self, text: str) -> None:
+        super().setText(text)
+        self.setToolTip(text)
+
+    def paintEvent(self, event) -> None:
+        rect = self.contentsRect()
+        shown = self.fontMetrics().elidedText(self.text(), Qt.TextElideMode.ElideRight, rect.width())
+        painter = QPainter(self)
+        self.style().drawItemText(painter, rect, int(self.alignment()), self.palette(), self.isEnabled(), shown,
+                                  self.foregroundRole())
+        painter.end()
+
+
 class MainWindow(QMainWindow):
+    closed = Signal()  # after the window closed: every thread it started has stopped (see closeEvent)
+
     def __init__(self, data_dir: Path, settings: Settings | None = None, backend=None, embedder=None,
                  run_overrides: list[dict] | None = None) -> None:
         """`backend`: a ready `app.backends.Backend` to use instead of opening one (shared by tests;
@@ -87,6 +106,9 @@ class MainWindow(QMainWindow):
         self._closing: set[ChatSession] = set()     # closed tabs whose answer is still stopping
         self.settings_dialog: SettingsDialog | None = None
         self._closed = False
+        self._closing_parts = {self.bridge, self.library}  # still stopping after the window closed
+        self.bridge.closed.connect(lambda: self._part_closed(self.bridge))
+        self.library.closed.connect(lambda: self._part_closed(self.library))
 
         self.banner = ErrorBanner()
         self.banner.settings_button.clicked.connect(self.open_settings)
@@ -124,7 +146,7 @@ class MainWindow(QMainWindow):
         self.addDockWidget(Qt.DockWidgetArea.LeftDockWidgetArea, self.dock)
         self.resizeDocks([self.dock], [300], Qt.Orientation.Horizontal)
 
-        self.engine_label = QLabel()
+        self.engine_label = ElidedLabel()
         self.engine_label.setObjectName("engineLabel")
         # the KV picture keeps its size; a narrow window cuts this line short rather than widening
         self.engine_label.setMinimumWidth(self.engine_label.fontMetrics().averageCharWidth() * 24)
@@ -394,6 +416,9 @@ class MainWindow(QMainWindow):
     # ------------------------------------------------------------------ closing
 
     def closeEvent(self, event) -> None:
+        """Save every chat now (an answer in progress as far as it got), then stop the engine and
+        the library in the background: the window goes at once, `closed` fires when they have
+        stopped (the app quits then), and `wait_closed` waits for it where no event loop runs."""
         if self._closed:  # already shut down (closed twice, e.g. by a test and its teardown)
             super().closeEvent(event)
             return
@@ -401,7 +426,17 @@ class MainWindow(QMainWindow):
         self._save_order()
         for session in list(self.sessions.values()) + list(self._closing):
             session.abandon()
-        self.bridge.shutdown()
-        self.library.shutdown()
         self.history.close()
+        self.bridge.close()
+        self.library.close()
         super().closeEvent(event)
+
+    def wait_closed(self, timeout: float | None) -> bool:
+        """After the window closed: True once the engine and the library have stopped, False if
+        `timeout` seconds (each) passed first. Blocks: for after the event loop has ended."""
+        return self.bridge.wait_closed(timeout) and self.library.wait_closed(timeout)
+
+    def _part_closed(self, part) -> None:
+        self._closing_parts.discard(part)
+        if not self._closing_parts:
+            self.closed.emit()

@@ -1,10 +1,11 @@
 """Screenshots for the README: `python -m app.gui.screenshots docs/screenshots` (a developer tool).
 
 Runs the real window (offscreen: QT_QPA_PLATFORM=offscreen works without a display) on the
-bundled model with a small KV pool, so the memory picture is readable, and saves, for the light
-and the dark theme: a chat with sources under its answer, the library panel while a file is being
-indexed and while a folder of 120 files is, and the KV picture while two chats share a pinned
-document's blocks.
+bundled model with a small KV pool, so the memory picture is readable, and the app's KV tiers (RAM
+and disk; the disk's under a scratch cache dir unless FOLIO_CACHE_DIR says otherwise), and saves,
+for the light and the dark theme: a chat with sources under its answer, the library panel while a
+file is being indexed and while a folder of 120 files is, and the KV picture while two chats share
+a pinned document's blocks.
 """
 from __future__ import annotations
 
@@ -129,6 +130,7 @@ def shoot(app, out: Path, theme: str, backend, embedder, docs: dict[str, Path]) 
         s.stop()
     wait(app, lambda: not any(s.busy for s in sessions))
     window.close()
+    window.wait_closed(60)  # its library workers stop before the next window (and the exit)
     return saved
 
 
@@ -138,8 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    os.environ.setdefault("FOLIO_CACHE_DIR", tempfile.mkdtemp(prefix="folio-shot-cache-"))
     from PySide6.QtWidgets import QApplication
 
+    from app.backends.choice import DISK_KV_CACHE
     from app.backends.local import LocalBackend
     from engine import EngineThread
     from rag.embedder import Embedder
@@ -155,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     docs["folder"].mkdir()
     for i in range(FOLDER_FILES):
         (docs["folder"] / f"letter-{i + 1:03}.md").write_text(f"# Letter {i + 1}\n\n{NOTES}", encoding="utf-8")
-    backend = LocalBackend(EngineThread(None, num_kv_blocks=256))  # a small pool: its picture is readable
+    # a small pool, so its picture is readable; the tiers the app keeps, so the legend shows them
+    backend = LocalBackend(EngineThread(None, num_kv_blocks=256, disk_kv_cache=DISK_KV_CACHE))
     embedder = Embedder()
     for theme in ("light", "dark"):
         for path in shoot(app, out, theme, backend, embedder, docs):

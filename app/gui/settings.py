@@ -49,6 +49,8 @@ class Settings:
     kv_memory_fraction: float = 0.85  # of a GPU's memory left after the weights; nothing on the CPU
     gpu_memory_limit: str = ""        # "8GiB", "7.5 GB"...: all the engine may take of a GPU; "": no limit
     kv_cache_dtype: str = "auto"
+    host_kv_cache: str = ""           # KV kept in RAM, "1GiB"...: blocks pushed off the device; "0": none; "": the default
+    disk_kv_cache: str = ""           # KV kept on disk, at most (per model), read through RAM; "0": none; "": the default
     quantization: str = "none"        # for model_source "folder" only
     temperature: float = sampling.TEMPERATURE
     top_p: float = sampling.TOP_P
@@ -66,6 +68,10 @@ class Settings:
             problems.append("choose a model folder or GGUF file")
         if self.is_remote and not self.remote_url.strip():
             problems.append("enter the remote server's URL")
+        if (_kv_tier_problem(self.host_kv_cache) is None and _kv_tier_problem(self.disk_kv_cache) is None
+                and _kv_tier_bytes(self.host_kv_cache) == 0 and _kv_tier_bytes(self.disk_kv_cache)):
+            problems.append("KV kept on disk needs KV kept in RAM, which blocks read from disk go through: "
+                            "give RAM a size, or set the disk to 0 too")
         return problems
 
     @property
@@ -77,7 +83,9 @@ class Settings:
         changes the engine is part of the choice: the GPU memory limit and the KV memory fraction
         mean nothing on the CPU, the fraction nothing under a limit (the limit sizes the KV pool),
         and quantizing at load applies to a Hugging Face folder only (a GGUF keeps its own types).
-        Call it on settings without `problems()`: a bad memory limit raises ValueError."""
+        The KV tiers' sizes are left to the defaults (the engine's for RAM, `DISK_KV_CACHE` for the
+        disk) unless set; no RAM turns the default disk tier off with it, as it reads through RAM.
+        Call it on settings without `problems()`: a bad memory size raises ValueError."""
         if self.is_remote:
             return RemoteSpec(self.remote_url.strip(), self.remote_key.strip() or None,
                               self.remote_model.strip() or None)
@@ -92,6 +100,11 @@ class Settings:
             config["max_model_len"] = self.max_model_len
         if self.kv_cache_dtype != "auto":
             config["kv_cache_dtype"] = self.kv_cache_dtype
+        ram, disk = _kv_tier_bytes(self.host_kv_cache), _kv_tier_bytes(self.disk_kv_cache)
+        if ram is not None:
+            config["host_kv_cache"] = ram
+        if disk is not None or ram == 0:
+            config["disk_kv_cache"] = disk or 0
         if self.model_source == "folder" and self.quantization != "none":
             config["quantization"] = self.quantization
         return LocalSpec.of(model, self.device, **config)
@@ -119,6 +132,8 @@ _CHECKS = {
     "max_model_len": (lambda v: v >= 0, "context length must be >= 0"),
     "kv_memory_fraction": (lambda v: 0.0 < v <= 1.0, "KV memory fraction must be in (0, 1]"),
     "gpu_memory_limit": (lambda v: _memory_limit_problem(v) is None, lambda v: _memory_limit_problem(v)),
+    "host_kv_cache": (lambda v: _kv_tier_problem(v) is None, lambda v: f"KV kept in RAM: {_kv_tier_problem(v)}"),
+    "disk_kv_cache": (lambda v: _kv_tier_problem(v) is None, lambda v: f"KV kept on disk: {_kv_tier_problem(v)}"),
     "kv_cache_dtype": (lambda v: v in KV_CACHE_DTYPES,
                        f"KV cache precision must be one of {', '.join(KV_CACHE_DTYPES)}"),
     "quantization": (lambda v: v in QUANTIZATIONS, f"quantization must be one of {', '.join(QUANTIZATIONS)}"),
@@ -139,6 +154,25 @@ def _memory_limit_problem(value: str) -> str | None:
         parse_size(value)
     except ValueError as e:
         return f"GPU memory limit: {e} (leave it empty for no limit)"
+    return None
+
+
+def _kv_tier_bytes(value: str) -> int | None:
+    """A KV tier's size in bytes: None for "" (the default), 0 for "0" (none). Raises ValueError."""
+    text = value.strip()
+    if not text:
+        return None
+    return 0 if text == "0" else parse_size(text)
+
+
+def _kv_tier_problem(value: str) -> str | None:
+    """None for a size a KV tier can take; else what is wrong, in words."""
+    if value.strip().startswith("-"):
+        return f"a size cannot be negative, got {value!r} (0 for none, empty for the default)"
+    try:
+        _kv_tier_bytes(value)
+    except ValueError as e:
+        return f"{e} (0 for none, empty for the default)"
     return None
 
 

@@ -17,10 +17,12 @@ from PySide6.QtWidgets import (QComboBox, QDialog, QDialogButtonBox, QDoubleSpin
 
 from app import sampling, wording
 from app.backends import is_user_error, user_message
+from app.backends.choice import DISK_KV_CACHE
 from app.gui import heavy_imports
 from app.gui.background import Background
 from app.gui.engine_bridge import LOADING, READY
 from app.gui.settings import DEVICES, LOCAL_FILE_SOURCES, THEMES, Preset, Settings, load_presets
+from engine.memory import parse_size
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,7 @@ class SettingsDialog(QDialog):
         on the CPU, so it is shown only for a GPU)."""
         super().__init__(parent)
         self.setWindowTitle("Settings")
+        self.setMinimumWidth(self.fontMetrics().averageCharWidth() * 80)  # "Loaded now" in a line or two, not four
         self.settings = settings
         self.gpu_present = gpu_present
         self._background = Background(self)
@@ -90,6 +93,13 @@ class SettingsDialog(QDialog):
         for key, label in _KV_DTYPES:
             self.kv_dtype.addItem(label, key)
         self.kv_dtype.setToolTip("fp8 holds twice the tokens of context in the same memory, at a small cost in quality")
+        self.kv_in_ram = QLineEdit(settings.host_kv_cache)
+        self.kv_in_ram.setToolTip("KV blocks pushed off the device are kept in this much RAM, so a chat that comes "
+                                  "back to them reads them instead of computing them again. 0 keeps none.")
+        self.kv_on_disk = QLineEdit(settings.disk_kv_cache)
+        self.kv_on_disk.setToolTip("The KV blocks of long prompts (documents) are also kept on disk, up to this much "
+                                   "per model, so a document is read once, even after a restart. They are read "
+                                   "through RAM: this needs KV kept in RAM.")
         self.quantization = QComboBox()
         for key, label in _QUANTIZATIONS:
             self.quantization.addItem(label, key)
@@ -133,9 +143,11 @@ class SettingsDialog(QDialog):
         model_form.addRow("&KV memory fraction:", self.kv_fraction)
         model_form.addRow("GPU memory &limit:", self.memory_limit)
         model_form.addRow("KV cache pr&ecision:", self.kv_dtype)
+        model_form.addRow("KV kept in R&AM, at most:", self.kv_in_ram)
+        model_form.addRow("KV kept on di&sk, at most:", self.kv_on_disk)
         model_form.addRow("&Quantize at load:", self.quantization)
         self._model_form = model_form
-        self._local_rows = [path_row, self.device, self.context, self.kv_dtype]
+        self._local_rows = [path_row, self.device, self.context, self.kv_dtype, self.kv_in_ram, self.kv_on_disk]
         self._remote_rows = [self.remote_url, self.remote_key, self.remote_model, self.test_result]
         note = QLabel("Changing these reloads the model in the background.")
         note.setObjectName("hint")
@@ -155,12 +167,13 @@ class SettingsDialog(QDialog):
         self.clear_disk_kv = QPushButton("Clear")
         self.clear_disk_kv.setToolTip("Delete the KV blocks kept on disk (documents are then read again once)")
         self.clear_disk_kv.clicked.connect(self.clear_kv_on_disk)
-        disk_row = QHBoxLayout()
-        disk_row.setContentsMargins(0, 0, 0, 0)
-        disk_row.addWidget(self.disk_kv, 1)
-        disk_row.addWidget(self.show_disk_kv)
-        disk_row.addWidget(self.clear_disk_kv)
-        self._loaded_form.addRow("KV kept on disk:", disk_row)
+        disk_buttons = QHBoxLayout()  # under the text, which wraps: beside it, its last line was cut off
+        disk_buttons.setContentsMargins(0, 0, 0, 0)
+        disk_buttons.addWidget(self.show_disk_kv)
+        disk_buttons.addWidget(self.clear_disk_kv)
+        disk_buttons.addStretch(1)
+        self._loaded_form.addRow("KV kept on disk:", self.disk_kv)
+        self._loaded_form.addRow("", disk_buttons)
         gen_box = QGroupBox("Answers")
         gen_form = QFormLayout(gen_box)
         gen_form.addRow("&Temperature:", self.temperature)
@@ -200,6 +213,8 @@ class SettingsDialog(QDialog):
         self.kv_fraction.setValue(s.kv_memory_fraction)
         self.memory_limit.setText(s.gpu_memory_limit)
         self.kv_dtype.setCurrentIndex(max(0, self.kv_dtype.findData(s.kv_cache_dtype)))
+        self.kv_in_ram.setText(s.host_kv_cache)
+        self.kv_on_disk.setText(s.disk_kv_cache)
         self.quantization.setCurrentIndex(max(0, self.quantization.findData(s.quantization)))
         self.temperature.setValue(s.temperature)
         self.top_p.setValue(s.top_p)
@@ -221,6 +236,7 @@ class SettingsDialog(QDialog):
                        device=self.device.currentText(), max_model_len=self.context.value(),
                        kv_memory_fraction=round(self.kv_fraction.value(), 2),
                        gpu_memory_limit=self.memory_limit.text().strip(), kv_cache_dtype=self.kv_dtype.currentData(),
+                       host_kv_cache=self.kv_in_ram.text().strip(), disk_kv_cache=self.kv_on_disk.text().strip(),
                        quantization=self.quantization.currentData(), temperature=self.temperature.value(),
                        top_p=self.top_p.value(), max_tokens=self.max_tokens.value(),
                        repetition_penalty=round(self.repetition_penalty.value(), 2), system_preset=preset,
@@ -250,6 +266,13 @@ class SettingsDialog(QDialog):
         self._model_form.setRowVisible(self.memory_limit, source != "remote" and on_gpu)
         self._model_form.setRowVisible(self.quantization, source == "folder")
         self.kv_fraction.setEnabled(not self.memory_limit.text().strip())  # a limit sizes the KV pool itself
+        # the engine's default: RAM keeps KV on the CPU; on a GPU not yet (the tiers' device copies are
+        # unmeasured), and the disk tier, read through RAM, waits for it there
+        disk = wording.size_text(parse_size(DISK_KV_CACHE))
+        self.kv_in_ram.setPlaceholderText("none (default on a GPU), e.g. 2GiB" if on_gpu else
+                                          "1.0 GiB (default); 0 for none")
+        self.kv_on_disk.setPlaceholderText(f"{disk} (default) once RAM keeps KV" if on_gpu else
+                                           f"{disk} (default); 0 for none")
         self.path.setEnabled(source in LOCAL_FILE_SOURCES)
         self.browse.setEnabled(source in LOCAL_FILE_SOURCES)
 
