@@ -139,7 +139,9 @@ class EngineThread:
         """The latest KV and scheduler numbers, refreshed a few times a second."""
         return dict(self._stats)
 
-    def shutdown(self, timeout: float | None = 10.0) -> None:
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Stop after the step in flight and wait for the thread (by default for as long as that
+        step takes: a process that exits while the thread is inside torch aborts)."""
         self._post(("stop", None))
         self._thread.join(timeout)
 

@@ -39,7 +39,7 @@ class LocalBackend:
     def stats(self) -> dict[str, float]:
         return self.engine_thread.stats()
 
-    def shutdown(self, timeout: float | None = 10.0) -> None:
+    def shutdown(self, timeout: float | None = None) -> None:
         self.engine_thread.shutdown(timeout)
 
     @property

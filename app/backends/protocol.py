@@ -48,8 +48,10 @@ class Backend(Protocol):
     def stats(self) -> dict[str, float]:
         """The latest numbers, without waiting (the engine's KV and scheduler stats)."""
 
-    def shutdown(self, timeout: float | None = 10.0) -> None:
-        """Cancel what runs and let go of the model or the connection."""
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Cancel what runs and let go of the model or the connection. A local engine waits for
+        its step in flight (None: as long as it takes, since exiting while it runs aborts the
+        process); a remote one waits at most 10 s for answers a server may never end."""
 
     def describe(self) -> str:
         """"SmolLM2-135M-Instruct on cpu", "llama-3 at http://gpu-box:8000/v1"."""
