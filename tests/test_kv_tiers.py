@@ -186,20 +186,24 @@ def test_a_disk_read_never_holds_up_a_running_chat(tiny, fresh, tmp_path, monkey
         engine.step()
     chatting = engine.requests[a].samples[0].seq
     b = engine.add_request(doc, GREEDY)
-    reader = engine.requests[b].samples[0].seq
+    c = engine.add_request(chat[:9], GREEDY)  # arrives after the reader, not on disk
+    reader, behind = (engine.requests[r].samples[0].seq for r in (b, c))
     before = chatting.num_generated
-    engine.step()  # starts the read of the document's blocks, and steps the chat
+    engine.step()  # starts the read of the document's blocks, steps the chat, admits the one behind
     assert disk.reading.wait(120)  # the reader thread is inside the read now, and stays there
     for _ in range(5):
         engine.step()
     assert chatting.num_generated == before + 6, "the chat got a token every step"
-    assert reader in engine.scheduler.waiting and reader.block_table == [] and reader.num_computed_tokens == 0
+    assert behind.num_generated >= 4, "the request behind the reader was admitted meanwhile"
+    assert list(engine.scheduler.waiting) == [reader], "the reader waits, keeping its place"
+    assert reader.block_table == [] and reader.num_computed_tokens == 0
     assert engine.stats()["disk_reads_in_flight"] == 1
     disk.release()
-    done = finish(llm, [a, b])
+    done = finish(llm, [a, b, c])
     assert done[b].metrics.num_disk_cached_tokens == done[b].metrics.num_cached_tokens == 192
     assert done[b].token_ids == fresh(doc)
     assert done[a].token_ids[:GREEDY.max_tokens] == fresh(chat)
+    assert done[c].token_ids == fresh(chat[:9])
     assert_nothing_held(llm)
 
 

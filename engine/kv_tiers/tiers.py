@@ -119,15 +119,17 @@ class KVTiers:
                 self.host.locked.add(slot)  # reservations later in this lookup must not reuse it
                 parent_key = key
                 continue
-            if read_disk and self.reader is not None:
-                read = self._reading[slot] if slot is not None else \
-                    self._start_read(keys[j:limit], tokens[j:limit], digest, parent_key)
-                if read is not None and not self.read_in_background:
+            if not read_disk or self.reader is None:
+                break
+            if slot is not None:  # being read for another sequence: wait for that read
+                wait = self._ticket(self._reading[slot], hits)
+            elif (read := self._start_read(keys[j:limit], tokens[j:limit], digest, parent_key)) is not None:
+                if self.read_in_background:
+                    wait = self._ticket(read, hits)
+                else:  # the step waits for the disk
                     self.reader.run(read)
                     self.collect_reads()
                     hits += [TierLoad(b.key, b.slot, b.digest, "disk") for b in read.blocks[:read.num_read]]
-                elif read is not None:
-                    wait = self._ticket(read, hits)
             break
         self.host.locked.difference_update(h.slot for h in hits)
         return TierLookup([], wait) if wait is not None else TierLookup(hits)
