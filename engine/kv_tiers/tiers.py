@@ -19,8 +19,8 @@ next step that needs them).
   a `ReadTicket` instead of hits. The sequence waits (not admitted) while the other sequences
   step; once the read is collected (`collect_reads`, each schedule), its next lookup finds the
   blocks in RAM, and whatever the read could not bring (a missing, damaged or foreign file) is
-  computed. A sequence waits for one read per admission at most, so it never waits forever. A
-  second sequence over the same prefix waits for the same read.
+  computed: the lookup after a read never waits for the disk again, so a sequence never waits
+  forever. A second sequence over the same prefix waits for the same read.
 """
 from __future__ import annotations
 
