@@ -11,7 +11,9 @@ it is published. A hit is confirmed by tokens and parent chain (`BlockPool.match
 With KV tiers (engine/kv_tiers), a device miss looks in host RAM and on disk: the blocks found
 there get fresh device blocks, are published at once as if computed, and the tiers copy them in
 before the step's forward pass. Such blocks are referenced and released like any other, so the
-accounting is the same whichever tier a block came from.
+accounting is the same whichever tier a block came from. Blocks on disk are read in the
+background first: the sequence keeps a `ReadTicket` and waits (`PrefixHit.loading`) until the
+read is collected; freeing the sequence gives the ticket back.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from engine.block_pool import BlockPool
-from engine.kv_tiers.tiers import KVTiers, TierLoad
+from engine.kv_tiers.tiers import KVTiers, ReadTicket, TierLoad
 from engine.prefix_hash import PrefixHasher
 from engine.sequence import Sequence
 
@@ -30,11 +32,13 @@ from engine.sequence import Sequence
 class PrefixHit:
     """The longest cached prefix of a sequence: device blocks, then blocks found in RAM or on disk;
     and whether the block after the device ones is being computed right now by another sequence
-    (then waiting a step beats computing it twice)."""
+    (then waiting a step beats computing it twice), or is being read from disk (then the
+    sequence waits for the read: other sequences step meanwhile)."""
 
     blocks: np.ndarray  # device block ids, int64
     next_block_pending: bool
     loads: list[TierLoad] = field(default_factory=list)
+    loading: bool = False
 
     @property
     def num_blocks(self) -> int:
@@ -59,6 +63,7 @@ class BlockManager:
         self._num_committed: dict[int, int] = {}  # seq_id -> full blocks already published
         self._pending: Counter[int] = Counter()  # keys of full blocks allocated but not computed
         self._pending_by_seq: dict[int, list[int]] = {}
+        self._reads: dict[int, ReadTicket] = {}  # seq_id -> the disk read a waiting sequence waits for
         self.num_queried_tokens = 0
         self.num_hit_tokens = 0
         self._last_hit: tuple[list[int], np.ndarray, np.ndarray, np.ndarray] | None = None
@@ -112,6 +117,9 @@ class BlockManager:
         """
         if not self.enable_prefix_caching:
             return PrefixHit(np.zeros(0, dtype=np.int64), False)
+        ticket = self._reads.get(seq.seq_id)
+        if ticket is not None and not ticket.done:
+            return PrefixHit(np.zeros(0, dtype=np.int64), False, loading=True)
         keys = self.block_keys(seq)
         max_blocks = (seq.num_tokens - 1) // self.block_size
         bs = self.block_size
@@ -129,8 +137,30 @@ class BlockManager:
             if room > 0:
                 parent = int(blocks[-1]) if nxt else -1
                 parent_key = keys[nxt - 1] if nxt else self.hasher.model_key
-                loads = self.tiers.lookup(keys[nxt:max_blocks], tokens[nxt:], parent, parent_key, room)
+                # A sequence whose read is done takes what it brought and computes the rest.
+                found = self.tiers.lookup(keys[nxt:max_blocks], tokens[nxt:], parent, parent_key, room,
+                                          read_disk=ticket is None)
+                if found.wait is not None:
+                    self._reads[seq.seq_id] = found.wait
+                    return PrefixHit(blocks, False, loading=True)
+                loads = found.loads
+        if ticket is not None:  # after the lookup: its slots stay pinned until the loads are found
+            self.tiers.release(self._reads.pop(seq.seq_id))
         return PrefixHit(blocks, pending, loads)
+
+    def collect_reads(self) -> None:
+        """Take the disk reads finished since the last schedule: their sequences can be admitted."""
+        if self.tiers is not None:
+            self.tiers.collect_reads()
+
+    @property
+    def num_waiting_for_reads(self) -> int:
+        """Sequences waiting for a disk read not collected yet."""
+        return sum(not t.done for t in self._reads.values())
+
+    def wait_for_reads(self, timeout: float) -> bool:
+        """Wait until a disk read a sequence waits for finishes (or `timeout`); whether one has."""
+        return self.num_waiting_for_reads > 0 and self.tiers.wait_for_reads(timeout)
 
     def _repeat_hit(self, keys: list[int], tokens: np.ndarray, max_blocks: int) -> np.ndarray | None:
         """The last hit again, when this sequence starts with the same keys and tokens and those
@@ -276,6 +306,9 @@ class BlockManager:
         for key in self._pending_by_seq.pop(seq.seq_id, []):
             self._release_pending(key)
         self._num_committed.pop(seq.seq_id, None)
+        ticket = self._reads.pop(seq.seq_id, None)
+        if ticket is not None:  # aborted while waiting for a disk read
+            self.tiers.release(ticket)
 
     def fork(self, parent: Sequence, child: Sequence) -> None:
         """The child shares every block of the parent; the first write to a shared partial

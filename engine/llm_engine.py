@@ -34,6 +34,7 @@ from engine.step_inputs import Sample
 from engine.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
+READ_WAIT_S = 0.02  # a step with nothing to run waits this long at most for a disk read (then returns)
 
 
 class LLMEngine:
@@ -163,6 +164,8 @@ class LLMEngine:
         for seq in batch.preempted:
             self.runner.input_batch.release(seq)
         launched = self._launch(batch) if batch else None
+        if launched is None and self._inflight is None:
+            self.scheduler.wait_for_reads(READ_WAIT_S)  # only disk reads are left to wait for: don't spin
         if not self.async_scheduling:
             return self._process(launched) if launched is not None else []
         previous, self._inflight = self._inflight, launched

@@ -12,6 +12,10 @@ step's input (the runner reads it where the sampler left it). A sequence that ha
 `max_tokens` or filled the context, counting the pending token, is not scheduled again; one that
 stopped on EOS or a stop string is known only after the read-back, so it costs one wasted
 slot-step at most. A preempted sequence is readmitted only once its pending token is read.
+
+A waiting sequence whose prefix is being read from disk (engine/kv_tiers) keeps its place in line
+but is not admitted until the read is done; those behind it are admitted meanwhile, so a disk
+read never holds a step back.
 """
 from __future__ import annotations
 
@@ -77,7 +81,13 @@ class Scheduler:
         return (seq.num_generated >= seq.params.max_tokens
                 or (self.max_model_len is not None and total >= self.max_model_len))
 
+    def wait_for_reads(self, timeout: float) -> bool:
+        """With nothing to run but sequences waiting for disk reads, the step loop waits here for
+        one to finish (at most `timeout`) rather than spin; whether one has."""
+        return self.block_manager.wait_for_reads(timeout)
+
     def schedule(self) -> ScheduledBatch:
+        self.block_manager.collect_reads()
         budget = self.config.max_num_batched_tokens
         batch = ScheduledBatch()
         scheduled: set[int] = set()
@@ -137,8 +147,8 @@ class Scheduler:
                 deferred.append(self.waiting.popleft())
                 continue
             hit = self.block_manager.find_prefix(seq)
-            if hit.next_block_pending:
-                deferred.append(self.waiting.popleft())  # its prefix is being computed: next step
+            if hit.next_block_pending or hit.loading:
+                deferred.append(self.waiting.popleft())  # its prefix is being computed or read: later
                 continue
             n = min(seq.num_tokens - hit.num_blocks * bs, budget)
             copies = self.block_manager.allocate(seq, n, hit)

@@ -3,7 +3,8 @@
 The stateful test at the bottom simulates the KV cache itself: every slot records the exact token
 prefix whose K/V it would hold, copy-on-write copies slots, and each computed token writes one.
 Then "a block hit by the prefix cache holds the right KV" becomes a plain equality check; the
-tiered machine carries those contents down to RAM and disk and back.
+tiered machine carries those contents down to RAM and disk and back, with disk reads in flight
+(advanced block by block by the machine), aborted and failing.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import json
 import random
 import shutil
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,7 @@ import torch
 
 from engine.block_manager import BlockManager
 from engine.block_pool import BlockPool, FreeBlockQueue
+from engine.kv_tiers.disk_reader import DiskReader
 from engine.kv_tiers.disk_store import BlockLayout, DiskKVStore
 from engine.kv_tiers.disk_writer import DiskWriter
 from engine.kv_tiers.fingerprint import chain_digest
@@ -470,7 +473,7 @@ class BlockManagerMachine(RuleBasedStateMachine):
         self.pool = self.bm.pool
         self.live: dict[int, Sequence] = {}
         self.uncomputed: dict[int, int] = {}  # seq_id -> tokens allocated, not computed yet
-        self.waiting: list[Sequence] = []  # preempted, to be admitted again
+        self.waiting: list[Sequence] = []  # preempted, or waiting for a disk read: to be admitted again
         self.content: list[list[tuple | None]] = [[None] * BS for _ in range(NUM_BLOCKS)]
         self.prefix_of_hash: dict[int, tuple[int, ...]] = {}
         self.next_id = 0
@@ -496,7 +499,18 @@ class BlockManagerMachine(RuleBasedStateMachine):
             assert known == prefix, "real hash collision in the test data"
 
     def _admit(self, seq: Sequence, chunk: int) -> bool:
+        """Admit as the scheduler does; False when the pool is too small or the sequence waits for
+        a disk read (it is then in `waiting`, holding its ticket)."""
+        ticket = self.bm._reads.get(seq.seq_id)
+        read_done = ticket is not None and ticket.done
         hit = self.bm.find_prefix(seq)
+        if hit.loading:
+            assert not read_done, "a sequence whose read is done waited again"
+            assert self.bm._reads[seq.seq_id] is not None and hit.loads == []
+            if seq not in self.waiting:
+                self.waiting.append(seq)
+            return False
+        assert seq.seq_id not in self.bm._reads, "a ticket outlived its lookup"
         tokens = seq.token_ids
         k = hit.num_blocks  # device blocks, then blocks from RAM or disk
         on_device = len(hit.blocks)
@@ -572,7 +586,8 @@ class BlockManagerMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: self.waiting)
     @rule(idx=st.integers(0, 100), chunk=st.integers(1, 30))
-    def readmit_preempted(self, idx, chunk):
+    def readmit_waiting(self, idx, chunk):
+        """A preempted sequence, or one that waits for a disk read, tries again."""
         seq = self._pick(self.waiting, idx)
         if self._admit(seq, chunk):
             self.waiting.remove(seq)
@@ -813,6 +828,7 @@ class TieredBlockManagerMachine(BlockManagerMachine):
     def __init__(self) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="folio-bm-tiers-"))
         self.store = DiskKVStore(self.folder, b"F" * 16, BlockLayout("uint8", (ROW_BYTES,), ROW_BYTES), BS, 1 << 30)
+        self.damaged: set[int] = set()  # keys whose file the machine deleted or corrupted
         super().__init__()
         self._start()
 
@@ -821,8 +837,9 @@ class TieredBlockManagerMachine(BlockManagerMachine):
         self.content = [[None] * BS for _ in range(NUM_BLOCKS)]
         self.writer = DiskWriter(self.store, NUM_BLOCKS, pin=False)
         host = HostKVPool(RAM_SLOTS, ROW_BYTES, BS, pin=False)
+        self.reader = DiskReader(self.store, start_thread=False)  # advanced by the reader_reads rule
         self.tiers = KVTiers(ContentCopier(self.content), host, b"R" * 16, 0, NUM_BLOCKS, self.store, self.writer,
-                             min_disk_tokens=8)
+                             min_disk_tokens=8, reader=self.reader)
         self.bm = BlockManager(NUM_BLOCKS, BS, tiers=self.tiers)
         self.pool = self.bm.pool
 
@@ -839,6 +856,59 @@ class TieredBlockManagerMachine(BlockManagerMachine):
         tokens = (list(prefixes[idx % len(prefixes)]) + suffix)[:MAX_LEN - 2]
         self._admit(self._new_seq(tokens), chunk)
 
+    @precondition(lambda self: self.reader._q.reads)
+    @rule(blocks=st.integers(1, 6))
+    def reader_reads(self, blocks):
+        """The reader thread's progress: a few blocks of the queued reads."""
+        self.reader.run_queued(blocks)
+
+    @rule()
+    def collect_reads(self):
+        """What each schedule does first."""
+        self.bm.collect_reads()
+
+    @precondition(lambda self: any(s.seq_id in self.bm._reads for s in self.waiting))
+    @rule(idx=st.integers(0, 100), chunk=st.integers(1, 20))
+    def admit_once_read(self, idx, chunk):
+        """The reads finish and are collected; a sequence waiting for one is admitted with what it
+        brought (or fails for room) and never waits again."""
+        self.reader.run_queued()
+        self.bm.collect_reads()
+        seq = self._pick([s for s in self.waiting if s.seq_id in self.bm._reads], idx)
+        if self._admit(seq, chunk):
+            self.waiting.remove(seq)
+
+    @rule(idx=st.integers(0, 10_000), suffix=st.lists(ALPHABET, max_size=6), chunk=st.integers(1, 20))
+    def restart_and_remember(self, idx, suffix, chunk):
+        """A restart, then a request over a prefix seen before: what is on disk is read."""
+        self.restart()
+        if self.prefix_of_hash:
+            self.add_remembered_sequence(idx, suffix, chunk)
+
+    @precondition(lambda self: any(s.seq_id in self.bm._reads for s in self.waiting))
+    @rule(idx=st.integers(0, 100))
+    def abort_while_reading(self, idx):
+        seq = self._pick([s for s in self.waiting if s.seq_id in self.bm._reads], idx)
+        self.bm.free(seq)
+        self.waiting.remove(seq)
+        assert seq.seq_id not in self.bm._reads
+
+    @precondition(lambda self: self.store.known)
+    @rule(idx=st.integers(0, 10_000), how=st.sampled_from(["delete", "corrupt"]))
+    def damage_a_file(self, idx, how):
+        """A file vanishes (another process's cap, `folio cache --clear`) or rots, perhaps while a
+        read of it is queued: the read stops there and the blocks are computed."""
+        assert self.writer.drain(30)
+        key = sorted(self.store.known)[idx % len(self.store.known)]
+        path = self.store.path(key)
+        self.damaged.add(key)
+        if how == "delete":
+            path.unlink(missing_ok=True)
+        elif path.exists():
+            data = bytearray(path.read_bytes())
+            data[-7] ^= 0x10
+            path.write_bytes(bytes(data))
+
     @rule()
     def finish_all(self):
         """Every request done: all blocks free but cached, the next ones evict them to RAM."""
@@ -849,9 +919,21 @@ class TieredBlockManagerMachine(BlockManagerMachine):
     def restart(self):
         for seq in list(self.live.values()):
             self._free(seq)
+        for seq in self.waiting:
+            self.bm.free(seq)
         self.waiting.clear()
+        self._drain_reads()
         self.writer.close()
         self._start()
+
+    def _drain_reads(self) -> None:
+        """Every read finished and collected, nobody waiting: no slot may stay filling or pinned."""
+        self.reader.run_queued()
+        self.bm.collect_reads()
+        host = self.tiers.host
+        assert not host.filling and not self.tiers._reading, "a RAM slot stayed reserved for a read"
+        assert not +host.pinned, "a RAM slot stayed pinned"
+        assert sorted(list(host.lru.values()) + host.free) == list(range(RAM_SLOTS)), "a RAM slot leaked"
 
     @invariant()
     def ram_slots_hold_their_prefix(self):
@@ -859,13 +941,37 @@ class TieredBlockManagerMachine(BlockManagerMachine):
         assert not host.locked
         assert sorted(list(host.lru.values()) + host.free) == list(range(RAM_SLOTS)), "a RAM slot leaked"
         for key, slot in host.lru.items():
-            assert decode(host.row(slot)) == self._expected(key), f"RAM slot {slot} holds another prefix"
+            if slot not in host.filling:  # a slot being read holds nothing yet
+                assert decode(host.row(slot)) == self._expected(key), f"RAM slot {slot} holds another prefix"
+
+    @invariant()
+    def read_slots_are_accounted_for(self):
+        """Slots being read are exactly those of the reads not collected; the pins are exactly the
+        waiting sequences' (their blocks before the read, and the blocks a collected read brought)."""
+        host, bm = self.tiers.host, self.bm
+        assert host.filling == set(self.tiers._reading)
+        labelled = set(host.lru.values())
+        assert host.filling <= labelled and set(+host.pinned) <= labelled
+        for slot, read in self.tiers._reading.items():
+            assert not read.collected and slot in read.slots
+        waiting_ids = {s.seq_id for s in self.waiting}
+        assert set(bm._reads) <= waiting_ids, "a ticket of a sequence that is not waiting"
+        expected: Counter = Counter()
+        reads = {}
+        for ticket in bm._reads.values():
+            expected.update(ticket.pinned)
+            reads[id(ticket.read)] = ticket.read
+        for read in reads.values():
+            assert read.waiters == sum(t.read is read for t in bm._reads.values())
+            if read.collected:
+                expected.update(read.slots[:read.num_read])
+        assert +host.pinned == +expected, "pinned slots do not match the waiting sequences"
 
     @invariant()
     def disk_files_hold_their_prefix(self):
         assert self.writer.drain(30)
         out = np.empty(ROW_BYTES, np.uint8)
-        for key in sorted(self.store.known):
+        for key in sorted(self.store.known - self.damaged):
             prefix = self.prefix_of_hash[key]
             keys = chain_hashes(prefix, BS)
             digest = b"R" * 16
@@ -877,6 +983,7 @@ class TieredBlockManagerMachine(BlockManagerMachine):
 
     def teardown(self):
         super().teardown()
+        self._drain_reads()
         self.writer.close()
         shutil.rmtree(self.folder, ignore_errors=True)
 

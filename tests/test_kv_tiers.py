@@ -3,7 +3,9 @@ from disk after a restart, and nothing that is damaged, foreign or half-written 
 
 Engine tests run a tiny random-weight Llama through the real loader (decisive logits, so greedy
 text is a sharp equality) and compare every answer with one computed fresh by an engine without
-tiers; one restart test runs the bundled model. Store tests drive `DiskKVStore` directly,
+tiers; one restart test runs the bundled model. Disk reads run on the reader thread; the tests that
+need a read to stay in flight hold that thread inside the store's read (`HeldDisk`), so nothing
+depends on timing. Store tests drive `DiskKVStore` directly,
 including from other processes (SIGKILL mid-write, two writers at once).
 """
 from __future__ import annotations
@@ -14,6 +16,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -109,12 +112,27 @@ def test_a_ram_pool_smaller_than_the_prefix_gives_what_it_holds(tiny, fresh):
     assert again.token_ids == fresh(doc)
 
 
+def assert_nothing_held(llm: LLM) -> None:
+    """Idle: every device block free, every read collected, no RAM slot reserved or pinned."""
+    engine = llm.engine
+    tiers = engine.kv_tiers
+    engine.scheduler.block_manager.collect_reads()
+    host = tiers.host
+    assert engine.stats()["blocks_used"] == 0
+    assert tiers.reader.num_in_flight == 0 and not tiers._reading and not engine.block_manager._reads
+    assert not host.filling and not +host.pinned and not host.locked
+    assert sorted(list(host.lru.values()) + host.free) == list(range(host.num_slots))
+
+
 # --------------------------------------------------------------------------- engine: disk
 
-def test_restart_reads_the_prefix_from_disk(tiny, fresh, tmp_path):
+@pytest.mark.parametrize("background,async_scheduling", [(True, False), (True, True), (False, False)],
+                         ids=["read-in-background", "read-in-background-async-steps", "read-in-the-step"])
+def test_restart_reads_the_prefix_from_disk(tiny, fresh, tmp_path, background, async_scheduling):
     doc = prompt(6, 200)
     first = run(LLM(tiny, num_kv_blocks=64, **on_disk(tmp_path)), doc)
-    llm = LLM(tiny, num_kv_blocks=64, **on_disk(tmp_path))
+    llm = LLM(tiny, num_kv_blocks=64, async_scheduling=async_scheduling, **on_disk(tmp_path))
+    llm.engine.kv_tiers.read_in_background = background
     again = run(llm, doc)
     assert again.metrics.num_disk_cached_tokens == again.metrics.num_cached_tokens == 192
     assert again.token_ids == first.token_ids == fresh(doc)
@@ -124,6 +142,141 @@ def test_restart_reads_the_prefix_from_disk(tiny, fresh, tmp_path):
     short = prompt(7, 31)
     run(llm, short)
     assert not any(p.exists() for p in block_files(llm, short))
+    assert s["disk_reads"] == 1
+    assert_nothing_held(llm)
+
+
+class HeldDisk:
+    """Holds the reader thread inside the store's first read until `release()`: a disk read stays
+    in flight for as long as a test needs, whatever the machine's speed."""
+
+    def __init__(self, store: DiskKVStore, monkeypatch) -> None:
+        self.reading = threading.Event()
+        self._gate = threading.Event()
+        real = store.read_into
+
+        def read_into(*args):
+            self.reading.set()
+            assert self._gate.wait(120), "the test never released the disk"
+            return real(*args)
+        monkeypatch.setattr(store, "read_into", read_into)
+
+    def release(self) -> None:
+        self._gate.set()
+
+
+def finish(llm: LLM, ids: list[str]) -> dict:
+    """Step until these requests are done; their outputs by id."""
+    done = {}
+    while len(done) < len(ids):
+        done.update((o.request_id, o) for o in llm.engine.step() if o.finished)
+    llm.engine.kv_tiers.drain()
+    return done
+
+
+@pytest.mark.parametrize("async_scheduling", [False, True], ids=["sync-steps", "async-steps"])
+def test_a_disk_read_never_holds_up_a_running_chat(tiny, fresh, tmp_path, monkeypatch, async_scheduling):
+    doc, chat = prompt(10, 200), prompt(11, 20)
+    run(LLM(tiny, num_kv_blocks=64, **on_disk(tmp_path)), doc)
+    llm = LLM(tiny, num_kv_blocks=64, async_scheduling=async_scheduling, **on_disk(tmp_path))
+    engine = llm.engine
+    disk = HeldDisk(engine.kv_tiers.disk, monkeypatch)
+    a = engine.add_request(chat, SamplingParams(max_tokens=30, temperature=0, ignore_eos=True))
+    for _ in range(3):
+        engine.step()
+    chatting = engine.requests[a].samples[0].seq
+    b = engine.add_request(doc, GREEDY)
+    c = engine.add_request(chat[:9], GREEDY)  # arrives after the reader, not on disk
+    reader, behind = (engine.requests[r].samples[0].seq for r in (b, c))
+    before = chatting.num_generated
+    engine.step()  # starts the read of the document's blocks, steps the chat, admits the one behind
+    assert disk.reading.wait(120)  # the reader thread is inside the read now, and stays there
+    for _ in range(5):
+        engine.step()
+    assert chatting.num_generated == before + 6, "the chat got a token every step"
+    assert behind.num_generated >= 4, "the request behind the reader was admitted meanwhile"
+    assert list(engine.scheduler.waiting) == [reader], "the reader waits, keeping its place"
+    assert reader.block_table == [] and reader.num_computed_tokens == 0
+    assert engine.stats()["disk_reads_in_flight"] == 1
+    disk.release()
+    done = finish(llm, [a, b, c])
+    assert done[b].metrics.num_disk_cached_tokens == done[b].metrics.num_cached_tokens == 192
+    assert done[b].token_ids == fresh(doc)
+    assert done[a].token_ids[:GREEDY.max_tokens] == fresh(chat)
+    assert done[c].token_ids == fresh(chat[:9])
+    assert_nothing_held(llm)
+
+
+def test_abort_during_a_disk_read_gives_its_slots_back(tiny, fresh, tmp_path, monkeypatch):
+    doc = prompt(12, 200)
+    run(LLM(tiny, num_kv_blocks=64, **on_disk(tmp_path)), doc)
+    llm = LLM(tiny, num_kv_blocks=64, **on_disk(tmp_path))
+    engine, host = llm.engine, llm.engine.kv_tiers.host
+    disk = HeldDisk(engine.kv_tiers.disk, monkeypatch)
+    b = engine.add_request(doc, GREEDY)
+    engine.step()
+    assert disk.reading.wait(120)
+    assert len(host.filling) == 12  # the slots the read goes into
+    out = engine.abort_request(b)
+    assert out.finished and out.outputs[0].finish_reason == "abort" and out.token_ids == []
+    assert len(host.filling) == 12  # the reader still writes into them: freed once it lets go
+    disk.release()
+    assert engine.kv_tiers.reader.wait(120)
+    engine.step()  # nothing to run; the schedule collects the cancelled read
+    assert_nothing_held(llm)
+    # cancelled after the block it was reading: that one stays in RAM, the others' slots were freed
+    assert host.num_cached == 1 and host.from_disk.sum() == 1
+    again = run(llm, doc)
+    assert again.metrics.num_disk_cached_tokens == 192 and again.token_ids == fresh(doc)
+    assert_nothing_held(llm)
+
+
+@pytest.mark.parametrize("failure", ["vanished", "corrupt", "error"])
+def test_a_read_that_fails_counts_as_a_miss(failure, tiny, fresh, tmp_path, monkeypatch):
+    """A file deleted or damaged while its read is queued, or a reader that raises: the blocks from
+    there on are computed, and the request is answered as if fresh."""
+    doc = prompt(13, 200)
+    run(LLM(tiny, num_kv_blocks=64, **on_disk(tmp_path)), doc)
+    llm = LLM(tiny, num_kv_blocks=64, **on_disk(tmp_path))
+    engine = llm.engine
+    store = engine.kv_tiers.disk
+    if failure == "error":
+        def broken(*args):
+            raise RuntimeError("a bug in the read")
+        monkeypatch.setattr(store, "read_into", broken)
+        expected = 0
+    else:
+        disk = HeldDisk(store, monkeypatch)
+        b = engine.add_request(doc, GREEDY)
+        engine.step()
+        assert disk.reading.wait(120)  # block 0 is being read; the others are queued behind it
+        bad = block_files(llm, doc)[4]
+        if failure == "vanished":
+            bad.unlink()
+        else:
+            data = bytearray(bad.read_bytes())
+            data[-3] ^= 1
+            bad.write_bytes(bytes(data))
+        disk.release()
+        expected = 4 * BS
+    out = finish(llm, [b])[b] if failure != "error" else run(llm, doc)
+    assert out.metrics.num_disk_cached_tokens == out.metrics.num_cached_tokens == expected
+    assert out.token_ids == fresh(doc)
+    assert_nothing_held(llm)
+
+
+def test_chats_over_one_document_wait_for_one_read(tiny, fresh, tmp_path):
+    doc = prompt(14, 200)
+    run(LLM(tiny, num_kv_blocks=64, **on_disk(tmp_path)), doc)
+    llm = LLM(tiny, num_kv_blocks=64, **on_disk(tmp_path))
+    outs = llm.generate([doc + [5], doc + [6], doc + [7]], GREEDY)
+    assert [o.metrics.num_cached_tokens for o in outs] == [192, 192, 192]
+    # the first loads what the read brought; the others share those device blocks
+    assert [o.metrics.num_disk_cached_tokens for o in outs] == [192, 0, 0]
+    assert [o.token_ids for o in outs] == [fresh(doc + [t]) for t in (5, 6, 7)]
+    s = llm.stats()
+    assert s["disk_reads"] == 1 and s["disk_hit_blocks"] == 12  # read once, loaded once
+    assert_nothing_held(llm)
 
 
 @pytest.mark.parametrize("damage", ["corrupt", "truncated", "foreign"])

@@ -12,9 +12,15 @@ next step that needs them).
   staging and written to disk in the background, unless already there. The engine has no notion
   of pinned documents; pinned documents and system prompts come first in the prompt
   (rag/context.py), so they are written whenever the prompt that carries them is long enough.
-- Lookup: after the device's longest hit, each next block is looked for in RAM, then on disk (a
-  disk hit is read into a RAM slot at once: admission waits for that read), and verified by its
-  digest and tokens. The hits are then loaded into fresh device blocks like computed ones.
+- Lookup: after the device's longest hit, each next block is looked for in RAM, verified by its
+  digest and tokens; the hits are then loaded into fresh device blocks like computed ones.
+- Disk reads happen off the step: when the next block is on disk, the lookup reserves RAM slots
+  for it and the blocks after it, hands them to the reader thread (`DiskReader`) and answers with
+  a `ReadTicket` instead of hits. The sequence waits (not admitted) while the other sequences
+  step; once the read is collected (`collect_reads`, each schedule), its next lookup finds the
+  blocks in RAM, and whatever the read could not bring (a missing, damaged or foreign file) is
+  computed: the lookup after a read never waits for the disk again, so a sequence never waits
+  forever. A second sequence over the same prefix waits for the same read.
 """
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ import numpy as np
 
 from engine.cache_dir import kv_cache_root
 from engine.kv_tiers.copies import CopyPlan, KVCopier
+from engine.kv_tiers.disk_reader import BlockRead, DiskRead, DiskReader
 from engine.kv_tiers.disk_store import BlockLayout, DiskKVStore
 from engine.kv_tiers.disk_writer import DiskWriter, WriteJob
 from engine.kv_tiers.fingerprint import DIGEST_SIZE, chain_digest
@@ -44,14 +51,40 @@ class TierLoad:
     tier: str  # "ram" or "disk"
 
 
+@dataclass
+class ReadTicket:
+    """A waiting sequence's claim on a disk read, and on the RAM slots of its blocks before the
+    read's (pinned until the sequence is admitted or freed, so its prefix is whole by then)."""
+
+    read: DiskRead
+    pinned: list[int]
+
+    @property
+    def done(self) -> bool:
+        """The read is collected: look up again, and compute what it did not bring."""
+        return self.read.collected
+
+
+@dataclass
+class TierLookup:
+    """What a lookup found below the device: blocks in RAM now, or a disk read to wait for."""
+
+    loads: list[TierLoad]
+    wait: ReadTicket | None = None
+
+
 class KVTiers:
     def __init__(self, copier: KVCopier, host: HostKVPool, root_digest: bytes, root_key: int, num_blocks: int,
                  disk: DiskKVStore | None = None, writer: DiskWriter | None = None,
-                 min_disk_tokens: int = 1024) -> None:
+                 min_disk_tokens: int = 1024, reader: DiskReader | None = None) -> None:
         self.copier = copier
         self.host = host
         self.disk = disk
         self.writer = writer
+        self.reader = reader if reader is not None or disk is None else DiskReader(disk)
+        # False: a lookup reads from disk itself and the step waits (the benchmark's baseline)
+        self.read_in_background = True
+        self._reading: dict[int, DiskRead] = {}  # RAM slot -> the read filling it
         self.root_digest = root_digest
         self.root_key = root_key
         self.min_disk_tokens = min_disk_tokens
@@ -70,40 +103,108 @@ class KVTiers:
     # ------------------------------------------------------------------ lookup and load
 
     def lookup(self, keys: list[int], tokens: np.ndarray, parent_block: int, parent_key: int,
-               limit: int) -> list[TierLoad]:
-        """The blocks after `parent_block` (-1: the start) found in RAM or on disk, in order, at
-        most `limit`. Disk hits are read into RAM slots now."""
+               limit: int, read_disk: bool = True) -> TierLookup:
+        """The blocks after `parent_block` (-1: the start) found in RAM, in order, at most `limit`.
+        When the next block is on disk (or being read for another sequence), and `read_disk`, the
+        answer is instead a ticket for the read that brings it to RAM: wait for it, then look up
+        again with `read_disk=False`."""
         digest = self.digest_of(parent_block)
         hits: list[TierLoad] = []
-        prefetched = False
+        wait = None
         for j, (key, toks) in enumerate(zip(keys[:limit], tokens)):
-            digest, found = chain_digest(digest, toks), None
+            digest = chain_digest(digest, toks)
             slot = self.host.find(key, digest, toks)
-            if slot is not None:
-                found = TierLoad(key, slot, digest, "disk" if self.host.from_disk[slot] else "ram")
-            elif self.disk is not None and self.disk.has(key):
-                if not prefetched:  # the rest of the prefix is likely on disk too: read ahead
-                    self.disk.prefetch(keys[j:limit])
-                    prefetched = True
-                found = self._read_disk(key, parent_key, digest, toks)
-            if found is None:
+            if slot is not None and slot not in self.host.filling:
+                hits.append(TierLoad(key, slot, digest, "disk" if self.host.from_disk[slot] else "ram"))
+                self.host.locked.add(slot)  # reservations later in this lookup must not reuse it
+                parent_key = key
+                continue
+            if not read_disk or self.reader is None:
                 break
-            self.host.locked.add(found.slot)  # later reads in this lookup must not reuse it
-            hits.append(found)
-            parent_key = key
+            if slot is not None:  # being read for another sequence: wait for that read
+                wait = self._ticket(self._reading[slot], hits)
+            elif (read := self._start_read(keys[j:limit], tokens[j:limit], digest, parent_key)) is not None:
+                if self.read_in_background:
+                    wait = self._ticket(read, hits)
+                else:  # the step waits for the disk
+                    self.reader.run(read)
+                    self.collect_reads()
+                    hits += [TierLoad(b.key, b.slot, b.digest, "disk") for b in read.blocks[:read.num_read]]
+            break
         self.host.locked.difference_update(h.slot for h in hits)
-        return hits
+        return TierLookup([], wait) if wait is not None else TierLookup(hits)
 
-    def _read_disk(self, key: int, parent_key: int, digest: bytes, tokens: np.ndarray) -> TierLoad | None:
-        slot = self.host.reserve(key, digest, tokens)
-        if slot is None:
+    def _start_read(self, keys: list[int], tokens: np.ndarray, digest: bytes, parent_key: int) -> DiskRead | None:
+        """Reserve RAM slots for the run of blocks on disk that starts here (`digest` is the
+        first one's) and queue their read; None when the first is not on disk or gets no slot."""
+        blocks: list[BlockRead] = []
+        for i, (key, toks) in enumerate(zip(keys, tokens)):
+            if i:
+                digest = chain_digest(digest, toks)
+            if not self.disk.has(key):
+                break
+            slot = self.host.reserve(key, digest, toks)
+            if slot is None:  # in RAM already (the next lookup finds it), or no slot free
+                break
+            self.host.filling.add(slot)
+            self.copier.before_host_write(slot)
+            blocks.append(BlockRead(key, parent_key, digest, np.array(toks), slot, self.host.row(slot)))
+            parent_key = key
+        if not blocks:
             return None
-        self.copier.before_host_write(slot)
-        if not self.disk.read_into(key, parent_key, digest, tokens, self.host.row(slot)):
-            self.host.discard(slot)
-            return None
-        self.host.from_disk[slot] = True
-        return TierLoad(key, slot, digest, "disk")
+        read = DiskRead(blocks)
+        for b in blocks:
+            self._reading[b.slot] = read
+        if self.read_in_background:
+            self.reader.submit(read)
+        return read
+
+    def _ticket(self, read: DiskRead, before: list[TierLoad]) -> ReadTicket:
+        pinned = [h.slot for h in before]
+        self.host.pinned.update(pinned)
+        read.waiters += 1
+        read.cancelled = False  # a sequence wants it again
+        return ReadTicket(read, pinned)
+
+    def collect_reads(self) -> None:
+        """Take the finished reads: the blocks read become RAM blocks (pinned while sequences wait
+        for them), the slots of the others are freed."""
+        if self.reader is None:
+            return
+        for read in self.reader.completed():
+            for i, b in enumerate(read.blocks):
+                self.host.filling.discard(b.slot)
+                del self._reading[b.slot]
+                if i < read.num_read:
+                    self.host.from_disk[b.slot] = True
+                else:
+                    self.host.discard(b.slot)
+            read.collected = True
+            if read.waiters:
+                self.host.pinned.update(read.slots[:read.num_read])
+
+    def release(self, ticket: ReadTicket) -> None:
+        """The sequence was admitted or freed: it no longer counts on the read or its slots. A read
+        nobody waits for any more is cancelled; its slots are freed when it is collected."""
+        self._unpin(ticket.pinned)
+        read = ticket.read
+        read.waiters -= 1
+        if read.waiters == 0:
+            if read.collected:
+                self._unpin(read.slots[:read.num_read])
+            else:
+                read.cancelled = True
+
+    def _unpin(self, slots: list[int]) -> None:
+        pinned = self.host.pinned
+        pinned.subtract(slots)
+        for s in slots:
+            if pinned[s] <= 0:
+                pinned.pop(s, None)
+
+    def wait_for_reads(self, timeout: float) -> bool:
+        """Wait until a disk read finishes (or `timeout`); whether one has."""
+        return self.reader is not None and self.reader.wait(timeout)
 
     def lock(self, loads: list[TierLoad]) -> None:
         """Keep the slots of hits about to be loaded from being reused by evictions meanwhile."""
@@ -167,6 +268,8 @@ class KVTiers:
         return self.writer.drain(timeout) if self.writer is not None else True
 
     def close(self, timeout: float | None = None) -> None:
+        if self.reader is not None:
+            self.reader.close()
         if self.writer is not None:
             self.writer.close(timeout)
 
@@ -177,6 +280,8 @@ class KVTiers:
         if self.disk is not None:
             s.update(self.disk.stats())
             s["disk_writes_dropped"] = self.writer.num_dropped
+            s["disk_reads"] = self.reader.num_reads
+            s["disk_reads_in_flight"] = self.reader.num_in_flight
         return s
 
 
