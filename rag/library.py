@@ -6,7 +6,6 @@ callback and stops between embedding batches when its cancel event is set. Each 
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import stat
@@ -16,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from rag.checksums import file_sha256
 from rag.chunking import Chunk, ChunkingConfig, chunk_document
 from rag.embedder import Embedder
 from rag.loaders import NOT_A_REGULAR_FILE, DocumentError, EmptyDocument, is_supported, load_document
@@ -141,7 +141,7 @@ class Library:
                 return FileResult(path, "failed", error=_unlistable(path))
             if not stat.S_ISREG(mode):  # hashing a pipe or /dev/zero would never end
                 return FileResult(path, "failed", error=f"{display_name(path.name)}: {NOT_A_REGULAR_FILE}")
-            content_hash = _hash_file(path)
+            content_hash = file_sha256(path)
         except OSError as e:
             return FileResult(path, "failed", error=_unreadable(path, e))
         current = self._store.find(source=path)
@@ -231,14 +231,6 @@ def _is_dir(path: Path) -> bool:
         return path.is_dir()
     except (OSError, ValueError):  # ValueError: a NUL in the name
         return False
-
-
-def _hash_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _unreadable(path: Path, error: OSError) -> str:

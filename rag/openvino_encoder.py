@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rag.checksums import file_sha256
+
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1            # bump when what is saved (or how) changes: older entries are then not used
@@ -193,15 +195,7 @@ def fingerprint(model_path: str) -> str:
     """What a converted model depends on: the weights and config, the OpenVINO version, the cache format."""
     h = hashlib.sha256(f"format {CACHE_FORMAT}\nopenvino {import_openvino().__version__}\n".encode())
     for name in ("config.json", "model.safetensors"):
-        h.update(name.encode() + b"\0" + _file_sha256(Path(model_path, name)).encode() + b"\n")
-    return h.hexdigest()
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
+        h.update(name.encode() + b"\0" + file_sha256(Path(model_path, name)).encode() + b"\n")
     return h.hexdigest()
 
 
@@ -215,7 +209,7 @@ def _verified_xml(folder: Path) -> Path:
         if manifest.get("format") != CACHE_FORMAT:
             raise CacheInvalid(f"format {manifest.get('format')!r}, not {CACHE_FORMAT}")
         for name in _FILES:
-            if _file_sha256(folder / name) != manifest["sha256"][name]:
+            if file_sha256(folder / name) != manifest["sha256"][name]:
                 raise CacheInvalid(f"{name} does not match its checksum")
     except FileNotFoundError as e:
         raise CacheInvalid(f"{Path(e.filename).name} is missing") from None
@@ -232,7 +226,7 @@ def _save(model, folder: Path) -> None:
     work = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
         ov.save_model(model, str(work / "model.xml"), compress_to_fp16=False)
-        manifest = {"format": CACHE_FORMAT, "sha256": {name: _file_sha256(work / name) for name in _FILES}}
+        manifest = {"format": CACHE_FORMAT, "sha256": {name: file_sha256(work / name) for name in _FILES}}
         (work / "manifest.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
         shutil.rmtree(folder, ignore_errors=True)
         try:
