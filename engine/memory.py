@@ -1,13 +1,14 @@
 """The GPU memory budget: weights, activations, graphs and the KV pool inside one limit.
 
 With `gpu_memory_limit` the engine plans before it allocates: the weights' size is known from the
-file (packed sizes for GGUF, dense or quantized sizes for safetensors), activations are bounded
-by the largest step (`max_num_batched_tokens`), and the rest, less a margin for the CUDA context,
-is KV pool. Under a tight limit the prefill step, then the number of sequences run at once, give
-way to context (`fit_working_memory`): a smaller step reads a long prompt in more chunks at
-nearly the same speed, while the memory it frees holds thousands more tokens. A model that cannot fit with room for even a little context
-is refused with what it needs, and nothing is allocated. Once loaded, torch's allocator is capped
-at the limit, so the engine keeps it.
+file (packed sizes for GGUF, dense or quantized sizes for safetensors), the working memory is
+bounded by the largest step (`max_num_batched_tokens`) and the decode graphs' pool
+(`working_bytes`), and the rest, less CONTEXT_BYTES for the CUDA context, is KV pool. Under a
+tight limit the prefill step, then the number of sequences run at once, give way to context
+(`fit_working_memory`): a smaller step reads a long prompt in more chunks at nearly the same
+speed, while the memory it frees holds thousands more tokens. A model that cannot fit with room
+for even a little context is refused with what it needs, and nothing is allocated. Once loaded,
+torch's allocator is capped at the limit less CONTEXT_BYTES, so the whole process keeps it.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from dataclasses import dataclass, replace
 from engine.errors import ModelLoadError
 from engine.model.config import ModelConfig
 
-CONTEXT_BYTES = 768 << 20  # CUDA context, cuBLAS workspaces, Triton's modules: outside torch's count (710 MiB on an H200)
+CONTEXT_BYTES = 768 << 20  # CUDA context, cuBLAS workspaces, Triton's modules, outside torch's count (710 MiB: H200)
 MIN_CONTEXT_TOKENS = 256  # a model that cannot hold this much context is refused
 MIN_STEP_TOKENS = 1024  # a tight limit halves the prefill step down to this many tokens,
 MIN_SEQS = 32  # then the sequences run at once (their logits, the decode graphs) down to this many,

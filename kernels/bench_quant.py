@@ -6,11 +6,12 @@ cuBLAS on the same weight dense in bf16, for the matrices of Llama-3.2-1B and -3
 For each (type, N, K) and number of rows M: what `quant_matmul` does where nothing was measured
 ("untuned": the one-row kernel for one row, else dequantize + cuBLAS), the best of a sweep of
 the decode kernels' shapes (rows of W and of x per program, K splits, tile bytes, warps),
-dequantize + cuBLAS, and cuBLAS on the dense bf16 weight. Time: GPU time per call from CUDA graphs of --iters calls (`median_us`), L2 flushed
-before each call. GB/s counts the weight's bytes as held
-(packed or dense) once per call. --write-configs records, per matrix and number of rows, the
-fastest decode shape, or dequantize + cuBLAS where that was faster, in the table that
-`quant_matmul` reads for this GPU (kernels/gemv_configs/<GPU>.json).
+dequantize + cuBLAS, and cuBLAS on the dense bf16 weight. Time: GPU time per call from CUDA
+graphs of --iters calls (`median_us`), L2 flushed before each call. GB/s counts the weight's
+bytes as held (packed or dense) once per call. --write-configs records, per matrix and number of
+rows, the fastest decode shape, or dequantize + cuBLAS where that was faster, in the table that
+`quant_matmul` reads for this GPU (kernels/gemv_configs/<GPU>.json). The whole sweep takes more
+than 300 s on an H200, most of it compiling.
 """
 from __future__ import annotations
 

@@ -25,7 +25,8 @@ DataPair = tuple[str, str]
 
 # Developer tools inside Folio's own packages: left out of the bundle whole, every submodule with
 # its package (benchmarks, the retrieval eval, the screenshot maker, the tests).
-DEVELOPER_PACKAGES = ("engine.bench", "kernels.bench", "rag.eval", "app.gui.screenshots", "tests")
+DEVELOPER_PACKAGES = ("engine.bench", "kernels.bench", "kernels.bench_quant", "rag.eval", "app.gui.screenshots",
+                      "tests")
 
 # Files that library hooks collect but the app never loads: torch's C++ test programs (`torch/test`,
 # `torch/bin`, 130 MB) and its test and example libraries. Paths as they are inside the bundle.

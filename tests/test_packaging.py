@@ -219,8 +219,8 @@ def test_developer_packages_are_left_out_whole():
     contents = load_packaging_module("bundle_contents")
     for package in contents.DEVELOPER_PACKAGES:  # each name is real, or the exclusion would rot silently
         assert importlib.util.find_spec(package) is not None, package
-    developer = ["engine.bench", "engine.bench.gpu", "engine.bench.dummy", "kernels.bench", "rag.eval",
-                 "rag.eval.retrieval", "rag.eval.pdf_maker", "app.gui.screenshots", "tests.app_fixtures"]
+    developer = ["engine.bench", "engine.bench.gpu", "engine.bench.dummy", "kernels.bench", "kernels.bench_quant",
+                 "rag.eval", "rag.eval.retrieval", "rag.eval.pdf_maker", "app.gui.screenshots", "tests.app_fixtures"]
     product = ["engine", "engine.llm_engine", "kernels.decode_attention", "rag.retrieve", "rag.library",
                "app.gui.main_window", "app.cli.main", "app.server.api", "app.backends", "engine.benchmarks_x"]
     assert not [m for m in developer if contents.is_product_module(m)]
