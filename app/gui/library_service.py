@@ -269,9 +269,9 @@ class LibraryService(QObject):
             except Exception as e:  # a bug or a full disk: this file fails, the others go on
                 log.exception("indexing %s failed", job.path)
                 job = replace(job, state=FAILED, error=f"{job.path.name}: {e}", fraction=1.0)
-        self._background.call_soon(self._job_changed, job)
-        if job.state in ("added", "updated"):
+        if job.state in ("added", "updated"):  # the list first: a row that says "added" is in it
             self._background.call_soon(self._documents_listed, self.library.documents())
+        self._background.call_soon(self._job_changed, job)
         return job
 
 
