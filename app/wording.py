@@ -65,7 +65,9 @@ def weights_summary(info: dict) -> str:
         parts.append(" · ".join(packed) + (f" ({quantized_at_load}, quantized at load)" if quantized_at_load
                                            else " (packed)"))
     parts += dense
-    if len(formats) > 1:
+    if info.get("int4_decode_bytes"):
+        parts.append(f"a 4-bit copy for decoding {size_text(info['int4_decode_bytes'])}")
+    if len(formats) > 1 or info.get("int4_decode_bytes"):
         parts.append(f"{size_text(info.get('weight_bytes') or sum(n for _, n in formats))} in all")
     text = " · ".join(parts)
     if not packed and info.get("dequantized") and str(info.get("model", "")).lower().endswith(".gguf"):

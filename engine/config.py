@@ -39,6 +39,9 @@ class EngineConfig:
     # quarter of the memory). None: kept packed on a GPU; on the CPU dequantized when the dense
     # model fits easily in RAM. True on a GPU gives the dense reference that quality checks use.
     dequantize_weights: bool | None = None
+    # On the CPU in bf16, projections whose file weights are 4-bit (Q4_0, Q4_1, Q4_K) keep them in
+    # torch's int4 form too, for decode steps of a few rows (kernels/cpu_int4.py); False: not.
+    cpu_int4_decode: bool = True
     # Launch step N+1 before reading step N's tokens (see llm_engine). None: on where it wins,
     # a GPU, whose work then overlaps the host's; off on the CPU, where both share the cores.
     async_scheduling: bool | None = None

@@ -108,6 +108,8 @@ def scale_rows(proj: ProjLinear, start: int, end: int, f: float) -> None:
     """Multiply output rows [start, end) of a projection by a power of two, bias included."""
     if proj.bias is not None:
         proj.bias[start:end].mul_(f)
+    if proj.int4 is not None:  # the CPU's int4 copy: w = (q - 8) * s + z scales with s and z
+        proj.int4.scales_zeros[:, start:end].mul_(f)
     if not proj.segments:
         proj.weight[start:end].mul_(f)
         return

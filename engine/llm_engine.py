@@ -265,7 +265,8 @@ class LLMEngine:
             model=self.source.describe(),
             device=runner.device.type,
             weight_formats=formats,
-            weight_bytes=sum(formats.values()),
+            weight_bytes=runner.model.weight_bytes(),
+            int4_decode_bytes=runner.model.int4_decode_bytes(),  # CPU: a 4-bit copy for decode steps
             dequantized=runner.weights_dense,  # packed file weights expanded at load (the CPU's choice)
             kv_dtype=str(self.config.kv_dtype).removeprefix("torch."),
             kv_bytes_per_token=runner.bytes_per_block() // runner.block_size,

@@ -120,17 +120,18 @@ def iter_weights(source: ModelSource, cfg: ModelConfig) -> Iterator[tuple[str, t
 
 
 def load_model(source: ModelSource, cfg: ModelConfig, device: torch.device, dtype: torch.dtype,
-               max_positions: int, quantization: str | None = None, dense: bool = False) -> LlamaForCausalLM:
+               max_positions: int, quantization: str | None = None, dense: bool = False,
+               int4_decode: bool = False) -> LlamaForCausalLM:
     """Build the model without initialising it (the checkpoint overwrites everything), then fill
     it: quantized file tensors stay packed unless `dense`; dense ones are packed with
-    `quantization` ("int8", "int4") if asked."""
+    `quantization` ("int8", "int4") if asked; `int4_decode`: see LlamaForCausalLM.load_weights."""
     with torch.device("meta"):
         model = LlamaForCausalLM(cfg, max_positions)
     model = model.to_empty(device=device).to(dtype)
     model.rope = RotaryEmbedding(cfg, max_positions).to(device)  # fp32 table, cast at use
     with torch.no_grad():
         try:
-            model.load_weights(iter_weights(source, cfg), device, dtype, quantization, dense)
+            model.load_weights(iter_weights(source, cfg), device, dtype, quantization, dense, int4_decode)
         except (RuntimeError, TypeError) as e:  # a tensor torch cannot copy in (dtype, device)
             if isinstance(e, ModelLoadError):
                 raise

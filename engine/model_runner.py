@@ -26,6 +26,7 @@ from engine.model.attention import AttentionMetadata
 from engine.model.config import ModelConfig
 from engine.scheduler import ScheduledBatch
 from engine.step_inputs import Sample, StagingBuffers, StepInputs, build_step, upload_table
+from kernels import cpu_int4
 from kernels.decode_attention import DecodeWorkspace, decode_num_splits, decode_workspace, plan_decode
 
 
@@ -86,7 +87,8 @@ class ModelRunner:
                 config.max_num_batched_tokens, config.max_num_seqs = step_tokens, max_seqs  # the scheduler's too
             self.memory_plan.check(source.describe())  # before a byte is allocated
         self.model = load_model(source, model_config, self.device, config.dtype, max_positions,
-                                config.quantization, dense)
+                                config.quantization, dense,
+                                config.cpu_int4_decode and cpu_int4.usable(self.device, config.dtype))
         self.weights_dense = dense
         if self.memory_plan is not None:
             self.memory_plan.weights = self.model.weight_bytes()

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import torch
 
 from kernels._triton import cdiv, dot_precision, jit, next_pow2, online_softmax_step, tl
-from kernels.rope import (head_rmsnorm_halves, rope_cos_sin, rope_store_kv_ref, rotate_halves, select_blocks,
-                          to_cache_tl)
+from kernels.rope import (head_rmsnorm_halves, rope_cos_sin, rope_rows, rotate_halves, select_blocks,
+                          split_rotate_ref, store_ref, to_cache_tl)
 
 BLOCK_N = 64  # keys per inner iteration: one 16 KB K tile at head_dim 128 in 16 bits
 # Split-KV heuristics (`python -m kernels.bench --num-splits N` measures others):
@@ -36,18 +36,32 @@ MAX_RUNS = 4  # CPU path: a table in more contiguous runs than this is gathered 
 # ----------------------------------------------------------------------------- CPU path / reference
 
 @dataclass
+class DecodeGroup:
+    """Sequences whose keys are gathered together, padded to the longest, and attended in one
+    matmul over every KV head. Built once per step, so the layers only read it."""
+
+    rows: torch.Tensor | None  # which rows of the step's q (None: all of them, in order)
+    index: torch.Tensor  # their blocks, [len(rows) * width], padded with block 0
+    pad: torch.Tensor | None  # bool [rows, 1, 1, width * block_size]: keys past a sequence's end
+
+
+@dataclass
 class DecodePlan:
     """How the CPU path reads each sequence's keys, worked out once per step for every layer.
 
-    `groups` are sequences read together after one gather ([rows], index of their blocks, longest
-    length); `runs` maps a sequence read through views to its (first block, blocks) runs."""
+    `groups` are sequences read together after one gather; `runs` maps a sequence read through
+    views to its (first block, blocks) runs."""
 
     lens: list[int]
-    groups: list[tuple[list[int], torch.Tensor, int]]
+    groups: list[DecodeGroup]
     runs: dict[int, list[tuple[int, int]]]
+    # cos and sin of the tokens' positions: every layer rotates the same positions, so the first
+    # layer gathers them and the others read them
+    rope_rows: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
-def plan_decode(tables: list[list[int]], lens: list[int], block_size: int) -> DecodePlan:
+def plan_decode(tables: list[list[int]], lens: list[int], block_size: int,
+                device: torch.device | str = "cpu") -> DecodePlan:
     views: dict[int, list[tuple[int, int]]] = {}
     order = sorted(range(len(lens)), key=lens.__getitem__)
     long = [i for i in order if lens[i] >= VIEW_MIN_CONTEXT]
@@ -60,10 +74,13 @@ def plan_decode(tables: list[list[int]], lens: list[int], block_size: int) -> De
     groups = []
     for start in range(0, len(gathered), DECODE_GROUP):
         rows = gathered[start:start + DECODE_GROUP]
-        longest = max(lens[r] for r in rows)
-        width = cdiv(longest, block_size)
+        width = cdiv(max(lens[r] for r in rows), block_size)
         index = torch.tensor([(tables[r][:width] + [0] * width)[:width] for r in rows], dtype=torch.long)
-        groups.append((rows, index.view(-1), longest))
+        seq_lens = torch.tensor([lens[r] for r in rows])
+        pad = torch.arange(width * block_size)[None, :] >= seq_lens[:, None]
+        groups.append(DecodeGroup(None if rows == list(range(len(lens))) else torch.tensor(rows, device=device),
+                                  index.view(-1).to(device),
+                                  pad[:, None, None, :].to(device) if bool(pad.any()) else None))
     return DecodePlan(lens, groups, views)
 
 
@@ -89,33 +106,31 @@ def paged_decode_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: 
     if plan is None:
         lens = context_lens.tolist()
         tables = [row[:cdiv(n, k_cache.shape[1])] for row, n in zip(block_tables.tolist(), lens)]
-        plan = plan_decode(tables, lens, k_cache.shape[1])
-    for rows, index, longest in plan.groups:
-        idx = torch.tensor(rows, device=q.device)
-        lens = torch.tensor([plan.lens[r] for r in rows], device=q.device)
-        out[idx] = _decode_gathered(q[idx], k_cache, v_cache, index.to(q.device), lens, longest, scale)
+        plan = plan_decode(tables, lens, k_cache.shape[1], q.device)
+    for group in plan.groups:
+        if group.rows is None:
+            out.copy_(_decode_gathered(q, k_cache, v_cache, group.index, group.pad, scale))
+        else:
+            out[group.rows] = _decode_gathered(q[group.rows], k_cache, v_cache, group.index, group.pad, scale)
     for i, runs in plan.runs.items():
         out[i] = _decode_views(q[i], k_cache, v_cache, runs, plan.lens[i], scale)
     return out
 
 
 def _decode_gathered(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, index: torch.Tensor,
-                     context_lens: torch.Tensor, max_len: int, scale: float) -> torch.Tensor:
+                     pad: torch.Tensor | None, scale: float) -> torch.Tensor:
+    """q [S, Hq, D] over the gathered blocks `index` of each sequence, every KV head in one matmul
+    (q viewed as [S, Hkv, group, D]); `pad` masks the keys past each sequence's end."""
     num_seqs, num_q_heads, head_dim = q.shape
-    block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
-    group = num_q_heads // num_kv_heads
-    length = index.numel() // num_seqs * block_size
-    k = select_blocks(k_cache, index).view(num_seqs, length, num_kv_heads, head_dim).to(q.dtype)
-    v = select_blocks(v_cache, index).view(num_seqs, length, num_kv_heads, head_dim).to(q.dtype)
-    pad = torch.arange(length, device=q.device)[None, :] >= context_lens[:, None]
-    out = torch.empty_like(q)
-    for h in range(num_kv_heads):
-        heads = slice(h * group, (h + 1) * group)
-        scores = torch.bmm(q[:, heads], k[:, :, h].transpose(1, 2)).float() * scale  # [S, G, T]
-        scores.masked_fill_(pad[:, None, :], float("-inf"))
-        probs = torch.softmax(scores, dim=-1).to(v.dtype)
-        out[:, heads] = torch.bmm(probs, v[:, :, h])
-    return out
+    num_kv_heads = k_cache.shape[2]
+    k = select_blocks(k_cache, index).view(num_seqs, -1, num_kv_heads, head_dim).to(q.dtype)
+    v = select_blocks(v_cache, index).view(num_seqs, -1, num_kv_heads, head_dim).to(q.dtype)
+    qg = q.view(num_seqs, num_kv_heads, num_q_heads // num_kv_heads, head_dim)
+    scores = torch.matmul(qg, k.permute(0, 2, 3, 1)).float().mul_(scale)  # [S, Hkv, group, T]
+    if pad is not None:
+        scores.masked_fill_(pad, float("-inf"))
+    probs = torch.softmax(scores, dim=-1).to(q.dtype)
+    return torch.matmul(probs, v.permute(0, 2, 1, 3)).view(num_seqs, num_q_heads, head_dim)
 
 
 def _decode_views(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, runs: list[tuple[int, int]],
@@ -153,12 +168,18 @@ def decode_attention_ref(qkv: torch.Tensor, positions: torch.Tensor, cos: torch.
     Returns [num_seqs, Hq, D]; rows with context 0 (padding) get zeros. `qkv` is left as it was."""
     if table_rows is not None:
         block_tables = block_tables[table_rows.long()]
-    q = rope_store_kv_ref(qkv.clone(), positions, cos, sin, k_cache, v_cache, slot_mapping,
-                          num_q_heads, num_kv_heads, q_norm, k_norm, eps)
-    out = torch.zeros_like(q) if out is None else out.zero_()
+    rows = None
+    if plan is not None:
+        if plan.rope_rows is None:
+            plan.rope_rows = rope_rows(cos, sin, positions, qkv.dtype)
+        rows = plan.rope_rows
+    q, k, v = split_rotate_ref(qkv, positions, cos, sin, num_q_heads, num_kv_heads, q_norm, k_norm, eps, rows)
+    store_ref(k, v, k_cache, v_cache, slot_mapping)
     live = context_lens > 0
     if bool(live.all()):
+        out = torch.empty(q.shape, dtype=q.dtype, device=q.device) if out is None else out
         return paged_decode_attention_ref(q, k_cache, v_cache, block_tables, context_lens, scale, out, plan)
+    out = torch.zeros(q.shape, dtype=q.dtype, device=q.device) if out is None else out.zero_()
     idx = live.nonzero().view(-1)
     if idx.numel():
         out[idx] = paged_decode_attention_ref(q[idx], k_cache, v_cache, block_tables[idx], context_lens[idx], scale)

@@ -30,9 +30,10 @@ def store_ref(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: 
               slot_mapping: torch.Tensor) -> None:
     """k, v [N, Hkv, D] into their cache slots (slot -1 = padding, skipped)."""
     valid = slot_mapping >= 0
-    slots = slot_mapping[valid].long()
+    every = bool(valid.all())  # the CPU's steps have no padding: no masked copies then
+    slots = slot_mapping.long() if every else slot_mapping[valid].long()
     for x, cache in ((k, k_cache), (v, v_cache)):
-        rows = to_cache(x[valid], cache)
+        rows = to_cache(x if every else x[valid], cache)
         if cache.dtype == torch.float8_e4m3fn:  # torch copies fp8 only as its bytes
             cache, rows = cache.view(torch.uint8), rows.view(torch.uint8)
         cache.view(-1, *cache.shape[2:]).index_copy_(0, slots, rows)
@@ -57,28 +58,40 @@ def head_rmsnorm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch
     return weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
 
+def rope_rows(cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
+              dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cos and sin rows of `positions`, in the model dtype: the same for every layer of a step."""
+    return cos[positions].to(dtype), sin[positions].to(dtype)
+
+
 def split_rotate_ref(qkv: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                      num_q_heads: int, num_kv_heads: int, q_norm: torch.Tensor | None = None,
-                     k_norm: torch.Tensor | None = None, eps: float = 1e-6
+                     k_norm: torch.Tensor | None = None, eps: float = 1e-6,
+                     rows: tuple[torch.Tensor, torch.Tensor] | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """q, k (rotated, normalised first where the model says so) and v as [N, heads, D] views or copies."""
+    """q, k (rotated, normalised first where the model says so) and v as [N, heads, D] views or
+    copies. `rows`: `rope_rows` of `positions`, when the caller already has them."""
     n = qkv.shape[0]
     head_dim = qkv.shape[1] // (num_q_heads + 2 * num_kv_heads)
-    q, k, v = qkv.view(n, num_q_heads + 2 * num_kv_heads, head_dim).split(
-        [num_q_heads, num_kv_heads, num_kv_heads], dim=1)
-    if q_norm is not None:
-        q, k = head_rmsnorm_ref(q, q_norm, eps), head_rmsnorm_ref(k, k_norm, eps)
-    c, s = cos[positions].to(qkv.dtype), sin[positions].to(qkv.dtype)
+    heads = qkv.view(n, num_q_heads + 2 * num_kv_heads, head_dim)
+    c, s = rows if rows is not None else rope_rows(cos, sin, positions, qkv.dtype)
+    v = heads[:, num_q_heads + num_kv_heads:]
+    if q_norm is None:  # q and k side by side: one rotation for both
+        qk = rotate_ref(heads[:, :num_q_heads + num_kv_heads], c, s)
+        return qk[:, :num_q_heads], qk[:, num_q_heads:], v
+    q, k = head_rmsnorm_ref(heads[:, :num_q_heads], q_norm, eps), head_rmsnorm_ref(heads[:, num_q_heads:-num_kv_heads], k_norm, eps)
     return rotate_ref(q, c, s), rotate_ref(k, c, s), v
 
 
 def rope_store_kv_ref(qkv: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                       k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor,
                       num_q_heads: int, num_kv_heads: int, q_norm: torch.Tensor | None = None,
-                      k_norm: torch.Tensor | None = None, eps: float = 1e-6) -> torch.Tensor:
+                      k_norm: torch.Tensor | None = None, eps: float = 1e-6,
+                      rows: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """qkv: [N, (Hq + 2 Hkv) * D]; positions, slot_mapping: [N]; cos, sin: [max_positions, D] fp32
-    tables. Rotates q in place in `qkv` and returns it as [N, Hq, D]; stores rotated k and v."""
-    q, k, v = split_rotate_ref(qkv, positions, cos, sin, num_q_heads, num_kv_heads, q_norm, k_norm, eps)
+    tables. Rotates q in place in `qkv` and returns it as [N, Hq, D]; stores rotated k and v.
+    `rows`: as split_rotate_ref's."""
+    q, k, v = split_rotate_ref(qkv, positions, cos, sin, num_q_heads, num_kv_heads, q_norm, k_norm, eps, rows)
     n, head_dim = qkv.shape[0], q.shape[-1]
     qkv[:, :num_q_heads * head_dim] = q.reshape(n, -1)
     store_ref(k, v, k_cache, v_cache, slot_mapping)

@@ -321,6 +321,12 @@ def test_the_memory_line_reads_as_a_person_would_say_it():
     folder = {**info, "model": "/m/llama", "weight_formats": {"Q8_0": 1100 << 20}, "weight_bytes": 1100 << 20,
               "quantization": "int8", "gpu_memory_limit": None, "kv_dtype": "float8_e4m3fn"}
     assert memory_summary(folder).startswith("Q8_0 1.1 GiB (int8, quantized at load) · KV fp8, ")
+    cpu = {**info, "model": "/m/SmolLM2.Q4_1.gguf", "device": "cpu", "dequantized": True,
+           "weight_formats": {"bfloat16": 257 << 20, "float32": 1 << 20}, "int4_decode_bytes": 64 << 20,
+           "weight_bytes": 322 << 20, "gpu_memory_limit": None}
+    assert memory_summary(cpu).startswith(
+        "bf16 257 MiB · fp32 1.0 MiB · a 4-bit copy for decoding 64 MiB · 322 MiB in all "
+        "(the file's quantized weights, expanded at load for speed) · KV bf16, ")
 
 
 # ---------------------------------------------------------------------------------- the KV picture

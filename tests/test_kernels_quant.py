@@ -8,9 +8,10 @@ import torch
 pytest.importorskip("triton")
 gguf = pytest.importorskip("gguf")
 
+from quant_blocks import random_blocks  # noqa: E402
 from triton_helpers import DEVICES, INTERPRET, fix_interpreter, run_interpreted  # noqa: E402
 
-from kernels.quant import GGUF_BLOCK, PACKED_TYPES, dequantize, from_gguf, quantize  # noqa: E402
+from kernels.quant import PACKED_TYPES, dequantize, from_gguf, quantize  # noqa: E402
 from kernels.quant_matmul import (  # noqa: E402
     GemvConfig, dequantize_triton, gemv_path, quant_embedding_ref, quant_embedding_triton, quant_matmul_ref,
     quant_matmul_triton)
@@ -23,24 +24,6 @@ if INTERPRET:
 def test_interpreted_cpu_cases():
     run = run_interpreted(__file__)
     assert run.returncode == 0 and run.passed > 0, run.output
-
-
-def random_blocks(qtype: str, n: int, k: int, seed: int) -> np.ndarray:
-    """A GGUF tensor of random blocks: random quant bytes, random (finite, small) fp16 scales."""
-    rng = np.random.default_rng(seed)
-    per, size = GGUF_BLOCK[qtype]
-    raw = rng.integers(0, 256, size=(n, k // per, size), dtype=np.uint8)
-
-    def put(offset: int, count: int = 1) -> None:
-        values = (rng.standard_normal((n, k // per, count)) * 0.02).astype(np.float16)
-        raw[:, :, offset:offset + 2 * count] = values.view(np.uint8)
-    if qtype in ("Q4_0", "Q5_0", "Q8_0"):
-        put(0)
-    elif qtype in ("Q4_1", "Q5_1", "Q4_K", "Q5_K"):
-        put(0, 2)  # d and the minimum (dmin for the K types)
-    elif qtype == "Q6_K":
-        put(208)
-    return raw.reshape(n, -1)
 
 
 @pytest.mark.parametrize("qtype", PACKED_TYPES)

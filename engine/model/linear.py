@@ -4,6 +4,8 @@ Fused projections (q/k/v, gate/up) are assembled from their parts: dense parts b
 matrix; quantized parts of one type become one packed weight (rows concatenated); parts of
 different types (a Q4_K_M file keeps v, some layers' down projection, in Q6_K) stay separate
 segments, each multiplied into its columns of one output, so no copy joins them afterwards.
+On the CPU a projection whose file weights are 4-bit also keeps them in torch's int4 form, which
+decode steps of a few rows read at a quarter of bf16's bytes (kernels/cpu_int4.py).
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import torch
 from torch import nn
 
 import kernels
+from kernels import cpu_int4
 from kernels.quant import QuantWeight, concat_rows
 
 
@@ -29,6 +32,7 @@ class ProjLinear(nn.Module):
         self.weight: nn.Parameter | None = None  # dense
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
         self.segments: list[Segment] = []  # quantized
+        self.int4: cpu_int4.Int4Weight | None = None  # CPU: for steps of at most cpu_int4.MAX_ROWS rows
 
     def set_dense(self, weight: torch.Tensor) -> None:
         self.weight = nn.Parameter(weight, requires_grad=False)
@@ -49,11 +53,17 @@ class ProjLinear(nn.Module):
             start += weight.shape[0]
         assert start == self.out_features
 
+    def set_int4(self, weight: cpu_int4.Int4Weight | None) -> None:
+        self.int4 = weight
+
     @property
     def quantized(self) -> bool:
         return bool(self.segments)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.int4 is not None and x.shape[0] <= cpu_int4.MAX_ROWS:
+            out = cpu_int4.matmul(x, self.int4)
+            return out if self.bias is None else out + self.bias
         if not self.segments:
             return nn.functional.linear(x, self.weight, self.bias)
         out = torch.empty(x.shape[0], self.out_features, dtype=x.dtype, device=x.device)

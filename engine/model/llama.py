@@ -17,6 +17,7 @@ from engine.model.config import ModelConfig
 from engine.model.layers import GatedMLP, RMSNorm, RotaryEmbedding
 from engine.model.linear import ProjLinear
 import kernels
+from kernels import cpu_int4
 from kernels.embedding import resolve_ids
 from kernels.quant import QuantWeight, dequantize, quantize
 
@@ -129,8 +130,12 @@ class LlamaForCausalLM(nn.Module):
             layer.self_attn.k_cache, layer.self_attn.v_cache = k, v
 
     def weight_bytes(self) -> int:
-        """Bytes of every weight as held (packed ones as packed)."""
-        return sum(self.weight_formats().values())
+        """Bytes of every weight as held (packed ones as packed), the CPU's int4 copies included."""
+        return sum(self.weight_formats().values()) + self.int4_decode_bytes()
+
+    def int4_decode_bytes(self) -> int:
+        """Bytes of the 4-bit copies the CPU decodes from (kernels/cpu_int4.py), beside the weights."""
+        return sum(m.int4.nbytes for m in self.modules() if isinstance(m, ProjLinear) and m.int4 is not None)
 
     def weight_formats(self) -> dict[str, int]:
         """Bytes held per storage format ("Q4_K", "Q6_K", "bfloat16", ...): what Settings shows."""
@@ -144,16 +149,20 @@ class LlamaForCausalLM(nn.Module):
         return formats
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor | QuantWeight]], device: torch.device,
-                     dtype: torch.dtype, quantization: str | None = None, dense: bool = False) -> None:
+                     dtype: torch.dtype, quantization: str | None = None, dense: bool = False,
+                     int4_decode: bool = False) -> None:
         """Take HF-named tensors in (dense tensors or packed QuantWeights), fusing q/k/v and
         gate/up; complain about anything unexpected, misshapen or missing.
 
         Packed weights stay packed unless `dense` (then they are dequantized, exactly, and cast).
         Dense projection weights are quantized with `quantization` ("int8" -> Q8_0, "int4" ->
-        Q4_1; the embedding and lm_head take Q8_0 either way, as they matter most)."""
+        Q4_1; the embedding and lm_head take Q8_0 either way, as they matter most).
+        `int4_decode` (CPU, bf16): projections whose parts are all 4-bit also keep them in
+        torch's int4 form for decode steps (kernels/cpu_int4.py)."""
         params = dict(self.named_parameters())
         projections = {n: m for n, m in self.named_modules() if isinstance(m, ProjLinear)}
         parts: dict[str, dict[int, torch.Tensor | QuantWeight]] = {}
+        int4_parts: dict[str, dict[int, QuantWeight]] = {}  # packed parts read so far, for cpu_int4
         loaded: set[str] = set()
         for name, tensor in weights:
             name = name.removeprefix("model.")
@@ -169,6 +178,13 @@ class LlamaForCausalLM(nn.Module):
             module_name = name.removesuffix(".weight")
             if name == "embed_tokens.weight" or (module_name in projections and name.endswith(".weight")):
                 value = self._prepared(name, tensor, device, dtype, quantization, dense, shard)
+                packed = tensor if isinstance(tensor, QuantWeight) else value  # the file's, or made at load
+                if int4_decode and isinstance(packed, QuantWeight) and name != "embed_tokens.weight":
+                    got = int4_parts.setdefault(module_name, {})
+                    got[0 if shard is None else shard] = packed
+                    if len(got) == _part_count(module_name):  # packed now: the file's parts are freed as read
+                        projections[module_name].set_int4(cpu_int4.pack([got[i] for i in range(len(got))]))
+                        del int4_parts[module_name]
                 if name == "embed_tokens.weight":
                     self._set_embedding(value, dtype)
                 else:
@@ -185,7 +201,7 @@ class LlamaForCausalLM(nn.Module):
             loaded.add(name if shard is None else f"{name}#{shard}")
         for module_name, shards in parts.items():
             module = projections[module_name]
-            count = 3 if module_name.endswith("qkv_proj") else 2 if module_name.endswith("gate_up_proj") else 1
+            count = _part_count(module_name)
             if len(shards) == count:
                 ordered = [shards[i] for i in range(count)]
                 if all(isinstance(v, QuantWeight) for v in ordered):
@@ -262,3 +278,8 @@ class LlamaForCausalLM(nn.Module):
     def _shard(self, fused: torch.Tensor, name: str, index: int) -> torch.Tensor:
         sizes = self._sizes(name)
         return fused.narrow(0, sum(sizes[:index]), sizes[index])
+
+
+def _part_count(projection: str) -> int:
+    """How many checkpoint tensors a fused projection is made of."""
+    return 3 if projection.endswith("qkv_proj") else 2 if projection.endswith("gate_up_proj") else 1
