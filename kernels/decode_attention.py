@@ -7,9 +7,9 @@ attention. With split-KV (few sequences, so few programs) each sequence's contex
 partitions read in parallel, and the last program to finish combines them: still one launch.
 
 `paged_decode_attention_ref` is the attention alone, over what the cache holds. It is the CPU
-path, so it avoids copying: a sequence whose blocks form a few contiguous runs is read through
-views of the cache; only short contexts (where copying is cheaper than more matmuls) and scattered
-tables are gathered.
+path, which is bound by copying keys: sequences are gathered in groups of similar length with one
+index_select each for K and V, and multiplied straight from the gathered [tokens, Hkv * D] rows
+(see `_decode_gathered`), with no further copy.
 """
 from __future__ import annotations
 
@@ -29,32 +29,26 @@ WAVES = 2  # split until there are about this many programs per SM
 MIN_KEYS = 128  # fewest keys per split of one sequence: a shorter context uses fewer of its splits
 MAX_SPLITS = 64
 DECODE_GROUP = 8  # CPU path: sequences padded together (sorted by length) when gathered
-VIEW_MIN_CONTEXT = 256  # CPU path: from this mean context on, views beat copying the rows
-MAX_RUNS = 4  # CPU path: a table in more contiguous runs than this is gathered instead
 
 
 # ----------------------------------------------------------------------------- CPU path / reference
 
 @dataclass
 class DecodeGroup:
-    """Sequences whose keys are gathered together, padded to the longest, and attended in one
-    matmul over every KV head. Built once per step, so the layers only read it."""
+    """Sequences whose keys are gathered together, padded to the longest, and attended together.
+    Built once per step, so the layers only read it."""
 
     rows: torch.Tensor | None  # which rows of the step's q (None: all of them, in order)
     index: torch.Tensor  # their blocks, [len(rows) * width], padded with block 0
-    pad: torch.Tensor | None  # bool [rows, 1, 1, width * block_size]: keys past a sequence's end
+    pad: torch.Tensor | None  # bool [rows, width * block_size, 1]: keys past a sequence's end
 
 
 @dataclass
 class DecodePlan:
-    """How the CPU path reads each sequence's keys, worked out once per step for every layer.
-
-    `groups` are sequences read together after one gather; `runs` maps a sequence read through
-    views to its (first block, blocks) runs."""
+    """How the CPU path reads each sequence's keys, worked out once per step for every layer."""
 
     lens: list[int]
     groups: list[DecodeGroup]
-    runs: dict[int, list[tuple[int, int]]]
     # cos and sin of the tokens' positions: every layer rotates the same positions, so the first
     # layer gathers them and the others read them
     rope_rows: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -62,36 +56,17 @@ class DecodePlan:
 
 def plan_decode(tables: list[list[int]], lens: list[int], block_size: int,
                 device: torch.device | str = "cpu") -> DecodePlan:
-    views: dict[int, list[tuple[int, int]]] = {}
     order = sorted(range(len(lens)), key=lens.__getitem__)
-    long = [i for i in order if lens[i] >= VIEW_MIN_CONTEXT]
-    for i in long:
-        blocks = tables[i][:cdiv(lens[i], block_size)]
-        runs = contiguous_runs(blocks)
-        if len(runs) <= MAX_RUNS:
-            views[i] = runs
-    gathered = [i for i in order if i not in views]
     groups = []
-    for start in range(0, len(gathered), DECODE_GROUP):
-        rows = gathered[start:start + DECODE_GROUP]
+    for start in range(0, len(order), DECODE_GROUP):
+        rows = order[start:start + DECODE_GROUP]
         width = cdiv(max(lens[r] for r in rows), block_size)
         index = torch.tensor([(tables[r][:width] + [0] * width)[:width] for r in rows], dtype=torch.long)
         seq_lens = torch.tensor([lens[r] for r in rows])
         pad = torch.arange(width * block_size)[None, :] >= seq_lens[:, None]
         groups.append(DecodeGroup(None if rows == list(range(len(lens))) else torch.tensor(rows, device=device),
-                                  index.view(-1).to(device),
-                                  pad[:, None, None, :].to(device) if bool(pad.any()) else None))
-    return DecodePlan(lens, groups, views)
-
-
-def contiguous_runs(blocks: list[int]) -> list[tuple[int, int]]:
-    runs: list[tuple[int, int]] = []
-    for b in blocks:
-        if runs and runs[-1][0] + runs[-1][1] == b:
-            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
-        else:
-            runs.append((b, 1))
-    return runs
+                                  index.view(-1).to(device), pad[:, :, None].to(device) if bool(pad.any()) else None))
+    return DecodePlan(lens, groups)
 
 
 def paged_decode_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -112,48 +87,33 @@ def paged_decode_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: 
             out.copy_(_decode_gathered(q, k_cache, v_cache, group.index, group.pad, scale))
         else:
             out[group.rows] = _decode_gathered(q[group.rows], k_cache, v_cache, group.index, group.pad, scale)
-    for i, runs in plan.runs.items():
-        out[i] = _decode_views(q[i], k_cache, v_cache, runs, plan.lens[i], scale)
     return out
 
 
 def _decode_gathered(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, index: torch.Tensor,
                      pad: torch.Tensor | None, scale: float) -> torch.Tensor:
-    """q [S, Hq, D] over the gathered blocks `index` of each sequence, every KV head in one matmul
-    (q viewed as [S, Hkv, group, D]); `pad` masks the keys past each sequence's end."""
+    """q [S, Hq, D] over the gathered blocks `index` of each sequence; `pad` masks the keys past
+    each sequence's end.
+
+    Each sequence's gathered K is a [T, Hkv * D] matrix as it lies in memory. Multiplying it by a
+    block-diagonal [Hkv * D, Hq] matrix of the queries (each query head's column non-zero only in
+    its KV head's D rows) gives every head's scores in one batched matmul, with no copy of K into
+    a per-head layout: the zeros cost arithmetic, which is cheap here, not memory traffic, which
+    is not. V goes the same way: every head's probabilities against every head's V rows, of which
+    the diagonal blocks are kept. About 3-5x faster than per-head matmuls at 8-20 sequences."""
     num_seqs, num_q_heads, head_dim = q.shape
     num_kv_heads = k_cache.shape[2]
-    k = select_blocks(k_cache, index).view(num_seqs, -1, num_kv_heads, head_dim).to(q.dtype)
-    v = select_blocks(v_cache, index).view(num_seqs, -1, num_kv_heads, head_dim).to(q.dtype)
-    qg = q.view(num_seqs, num_kv_heads, num_q_heads // num_kv_heads, head_dim)
-    scores = torch.matmul(qg, k.permute(0, 2, 3, 1)).float().mul_(scale)  # [S, Hkv, group, T]
-    if pad is not None:
+    group = num_q_heads // num_kv_heads
+    k = select_blocks(k_cache, index).view(num_seqs, -1, num_kv_heads * head_dim).to(q.dtype)
+    v = select_blocks(v_cache, index).view(num_seqs, -1, num_kv_heads * head_dim).to(q.dtype)
+    queries = q.new_zeros(num_seqs, num_kv_heads, head_dim, num_kv_heads, group)
+    torch.diagonal(queries, dim1=1, dim2=3).copy_(q.view(num_seqs, num_kv_heads, group, head_dim).permute(0, 3, 2, 1))
+    scores = torch.bmm(k, queries.view(num_seqs, num_kv_heads * head_dim, num_q_heads)).float().mul_(scale)
+    if pad is not None:  # scores: [S, T, Hq]
         scores.masked_fill_(pad, float("-inf"))
-    probs = torch.softmax(scores, dim=-1).to(q.dtype)
-    return torch.matmul(probs, v.permute(0, 2, 1, 3)).view(num_seqs, num_q_heads, head_dim)
-
-
-def _decode_views(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, runs: list[tuple[int, int]],
-                  length: int, scale: float) -> torch.Tensor:
-    """One sequence [Hq, D] over views of its contiguous block runs: no copy of its keys."""
-    num_q_heads, head_dim = q.shape
-    block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
-    qg = q.view(num_kv_heads, num_q_heads // num_kv_heads, head_dim)
-    segments, left = [], length
-    for first, count in runs:
-        n = min(left, count * block_size)
-        k = k_cache[first:first + count].view(-1, num_kv_heads, head_dim)[:n]
-        v = v_cache[first:first + count].view(-1, num_kv_heads, head_dim)[:n]
-        segments.append((k.to(q.dtype), v.to(q.dtype)))
-        left -= n
-    scores = torch.cat([torch.matmul(qg, k.permute(1, 2, 0)) for k, _ in segments], dim=-1).float() * scale
-    probs = torch.softmax(scores, dim=-1).to(q.dtype)
-    out, start = None, 0
-    for k, v in segments:
-        part = torch.matmul(probs[..., start:start + k.shape[0]], v.transpose(0, 1))
-        out = part if out is None else out + part
-        start += k.shape[0]
-    return out.reshape(num_q_heads, head_dim)
+    probs = torch.softmax(scores, dim=1).to(q.dtype)
+    every = torch.bmm(probs.transpose(1, 2), v).view(num_seqs, num_kv_heads, group, num_kv_heads, head_dim)
+    return torch.diagonal(every, dim1=1, dim2=3).permute(0, 3, 1, 2).reshape(num_seqs, num_q_heads, head_dim)
 
 
 def decode_attention_ref(qkv: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 from kernels._triton import attend_kv_tile, cdiv, check_attention_layout, dot_precision, jit, next_pow2, tl
 from kernels.rope import select_blocks
@@ -89,27 +90,26 @@ def gather_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, block_table: torch.T
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
     """Causal attention of q [m, Hq, D], the last m of n positions, over k, v [n, Hkv, D] with GQA.
 
-    The CPU path, as batched matmuls per KV head (its query heads share one matmul, no repeated
-    K/V), about 2x faster than SDPA here. Queries go in chunks of ATTEND_CHUNK rows, each against
-    only the keys it may see: half the work of a full masked square, and bounded scratch memory.
+    The CPU path: torch's SDPA, whose CPU flash kernel takes GQA without repeating K/V and, for a
+    whole prompt, skips the masked half. In bf16 it ran a 1024-token prompt 1.65x faster than the
+    batched matmuls this used before (2.5x in fp32). A chunk after a cached prefix goes
+    ATTEND_CHUNK query rows at a time, each masked against only the keys it may see, so the mask
+    stays small.
     """
-    m, num_q_heads, head_dim = q.shape
-    n, num_kv_heads, _ = k.shape
-    group = num_q_heads // num_kv_heads
-    kt = k.permute(1, 2, 0).contiguous()  # [Hkv, D, n]
-    vt = v.transpose(0, 1).contiguous()  # [Hkv, n, D]
-    qt = q.transpose(0, 1).reshape(num_kv_heads, group, m, head_dim)
-    out = torch.empty(num_kv_heads, group, m, head_dim, dtype=q.dtype, device=q.device)
-    prefix = n - m
+    m, n = q.shape[0], k.shape[0]
+    qt, kt, vt = (x.transpose(0, 1).unsqueeze(0) for x in (q, k, v))  # [1, heads, tokens, D]
+
+    def sdpa(rows: torch.Tensor, keys: int, mask: torch.Tensor | None) -> torch.Tensor:
+        return F.scaled_dot_product_attention(rows, kt[:, :, :keys], vt[:, :, :keys], attn_mask=mask,
+                                              is_causal=mask is None, scale=scale, enable_gqa=True)
+    if m == n:
+        return sdpa(qt, n, None)[0].transpose(0, 1)
+    out = torch.empty_like(qt)
     for r0 in range(0, m, ATTEND_CHUNK):
         r1 = min(m, r0 + ATTEND_CHUNK)
-        rows, keys = r1 - r0, prefix + r1
-        qc = qt[:, :, r0:r1].reshape(num_kv_heads, group * rows, head_dim)
-        scores = torch.bmm(qc, kt[:, :, :keys]).float().mul_(scale).view(num_kv_heads, group, rows, keys)
-        scores.masked_fill_(~causal_mask(rows, keys, q.device), float("-inf"))
-        probs = torch.softmax(scores.view(num_kv_heads, group * rows, keys), dim=-1).to(v.dtype)
-        out[:, :, r0:r1] = torch.bmm(probs, vt[:, :keys]).view(num_kv_heads, group, rows, head_dim)
-    return out.view(num_q_heads, m, head_dim).transpose(0, 1)
+        keys = n - m + r1
+        out[:, :, r0:r1] = sdpa(qt[:, :, r0:r1], keys, causal_mask(r1 - r0, keys, q.device))
+    return out[0].transpose(0, 1)
 
 
 @jit(do_not_specialize=("stride_bt_seq",))
