@@ -8,8 +8,8 @@ partitions read in parallel, and the last program to finish combines them: still
 
 `paged_decode_attention_ref` is the attention alone, over what the cache holds. It is the CPU
 path, which is bound by copying keys: sequences are gathered in groups of similar length with one
-index_select each for K and V, and multiplied straight from the gathered [tokens, Hkv * D] rows
-(see `_decode_gathered`), with no further copy.
+index_select each for K and V; long contexts are then multiplied straight from the gathered
+[tokens, Hkv * D] rows with no further copy (see `_decode_gathered`).
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ WAVES = 2  # split until there are about this many programs per SM
 MIN_KEYS = 128  # fewest keys per split of one sequence: a shorter context uses fewer of its splits
 MAX_SPLITS = 64
 DECODE_GROUP = 8  # CPU path: sequences padded together (sorted by length) when gathered
+BLOCK_DIAGONAL_MIN_KEYS = 256  # CPU path: from this many keys on, scores from K's rows as they lie
 
 
 # ----------------------------------------------------------------------------- CPU path / reference
@@ -92,20 +93,30 @@ def paged_decode_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: 
 
 def _decode_gathered(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, index: torch.Tensor,
                      pad: torch.Tensor | None, scale: float) -> torch.Tensor:
-    """q [S, Hq, D] over the gathered blocks `index` of each sequence; `pad` masks the keys past
-    each sequence's end.
+    """q [S, Hq, D] over the gathered blocks `index` of each sequence; `pad` ([S, T, 1]) masks
+    the keys past each sequence's end.
 
-    Each sequence's gathered K is a [T, Hkv * D] matrix as it lies in memory. Multiplying it by a
-    block-diagonal [Hkv * D, Hq] matrix of the queries (each query head's column non-zero only in
-    its KV head's D rows) gives every head's scores in one batched matmul, with no copy of K into
-    a per-head layout: the zeros cost arithmetic, which is cheap here, not memory traffic, which
-    is not. V goes the same way: every head's probabilities against every head's V rows, of which
-    the diagonal blocks are kept. About 3-5x faster than per-head matmuls at 8-20 sequences."""
+    Long contexts: each sequence's gathered K is a [T, Hkv * D] matrix as it lies in memory.
+    Multiplying it by a block-diagonal [Hkv * D, Hq] matrix of the queries (each query head's
+    column non-zero only in its KV head's D rows) gives every head's scores in one batched matmul
+    with no copy of K into a per-head layout: the zeros cost arithmetic, which is cheap here, not
+    memory traffic, which is not. V goes the same way (every head's probabilities against every
+    head's V rows, of which the diagonal blocks are kept). Short contexts, where the copy is small,
+    multiply per-head views instead: fewer operations. Measured at 8 sequences on the project's
+    CPU: equal up to 128 keys, 1.3x at 256, 1.5x at 512 and beyond (BENCHMARKS.md, issue 12)."""
     num_seqs, num_q_heads, head_dim = q.shape
     num_kv_heads = k_cache.shape[2]
     group = num_q_heads // num_kv_heads
     k = select_blocks(k_cache, index).view(num_seqs, -1, num_kv_heads * head_dim).to(q.dtype)
     v = select_blocks(v_cache, index).view(num_seqs, -1, num_kv_heads * head_dim).to(q.dtype)
+    if k.shape[1] < BLOCK_DIAGONAL_MIN_KEYS:
+        qg = q.view(num_seqs, num_kv_heads, group, head_dim)
+        k, v = (x.view(num_seqs, -1, num_kv_heads, head_dim) for x in (k, v))
+        scores = torch.matmul(qg, k.permute(0, 2, 3, 1)).float().mul_(scale)  # [S, Hkv, group, T]
+        if pad is not None:
+            scores.masked_fill_(pad.view(num_seqs, 1, 1, -1), float("-inf"))
+        probs = torch.softmax(scores, dim=-1).to(q.dtype)
+        return torch.matmul(probs, v.permute(0, 2, 1, 3)).view(num_seqs, num_q_heads, head_dim)
     queries = q.new_zeros(num_seqs, num_kv_heads, head_dim, num_kv_heads, group)
     torch.diagonal(queries, dim1=1, dim2=3).copy_(q.view(num_seqs, num_kv_heads, group, head_dim).permute(0, 3, 2, 1))
     scores = torch.bmm(k, queries.view(num_seqs, num_kv_heads * head_dim, num_q_heads)).float().mul_(scale)

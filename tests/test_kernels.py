@@ -36,13 +36,20 @@ def rows(cache, table, n):
     return torch.cat([cache[b] for b in table.tolist() if b >= 0])[:n]
 
 
+# short contexts (per-head matmuls), and more sequences than a group with long ones (scores from
+# the gathered rows through a block-diagonal query matrix), ragged within each group
+LENS = {"short": [1, 17, 100, 33, 64], "long": [300, 5, 700, 260, 1, 999, 512, 40, 258, 800]}
+
+
 @pytest.mark.parametrize("hq, hkv", [(4, 4), (8, 2), (16, 2)])
 @pytest.mark.parametrize("bs", [16, 32])
-def test_decode_attention_matches_naive(hq, hkv, bs):
+@pytest.mark.parametrize("contexts", sorted(LENS))
+def test_decode_attention_matches_naive(hq, hkv, bs, contexts):
     gen = torch.Generator().manual_seed(hq * bs)
-    d, lens = 64, [1, 17, 100, 33, 64]
-    k_cache, v_cache = make_cache(64, bs, hkv, d, gen)
-    tables = shuffled_tables(lens, bs, 64, gen)
+    d, lens = 64, LENS[contexts]
+    num_blocks = sum(-(-n // bs) for n in lens) + 8
+    k_cache, v_cache = make_cache(num_blocks, bs, hkv, d, gen)
+    tables = shuffled_tables(lens, bs, num_blocks, gen)
     q = torch.randn(len(lens), hq, d, generator=gen)
     out = paged_decode_attention_ref(q, k_cache, v_cache, tables, torch.tensor(lens, dtype=torch.int32), d ** -0.5)
     for i, n in enumerate(lens):
