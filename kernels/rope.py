@@ -79,19 +79,18 @@ def split_rotate_ref(qkv: torch.Tensor, positions: torch.Tensor, cos: torch.Tens
     if q_norm is None:  # q and k side by side: one rotation for both
         qk = rotate_ref(heads[:, :num_q_heads + num_kv_heads], c, s)
         return qk[:, :num_q_heads], qk[:, num_q_heads:], v
-    q, k = head_rmsnorm_ref(heads[:, :num_q_heads], q_norm, eps), head_rmsnorm_ref(heads[:, num_q_heads:-num_kv_heads], k_norm, eps)
+    q = head_rmsnorm_ref(heads[:, :num_q_heads], q_norm, eps)
+    k = head_rmsnorm_ref(heads[:, num_q_heads:num_q_heads + num_kv_heads], k_norm, eps)
     return rotate_ref(q, c, s), rotate_ref(k, c, s), v
 
 
 def rope_store_kv_ref(qkv: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                       k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor,
                       num_q_heads: int, num_kv_heads: int, q_norm: torch.Tensor | None = None,
-                      k_norm: torch.Tensor | None = None, eps: float = 1e-6,
-                      rows: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                      k_norm: torch.Tensor | None = None, eps: float = 1e-6) -> torch.Tensor:
     """qkv: [N, (Hq + 2 Hkv) * D]; positions, slot_mapping: [N]; cos, sin: [max_positions, D] fp32
-    tables. Rotates q in place in `qkv` and returns it as [N, Hq, D]; stores rotated k and v.
-    `rows`: as split_rotate_ref's."""
-    q, k, v = split_rotate_ref(qkv, positions, cos, sin, num_q_heads, num_kv_heads, q_norm, k_norm, eps, rows)
+    tables. Rotates q in place in `qkv` and returns it as [N, Hq, D]; stores rotated k and v."""
+    q, k, v = split_rotate_ref(qkv, positions, cos, sin, num_q_heads, num_kv_heads, q_norm, k_norm, eps)
     n, head_dim = qkv.shape[0], q.shape[-1]
     qkv[:, :num_q_heads * head_dim] = q.reshape(n, -1)
     store_ref(k, v, k_cache, v_cache, slot_mapping)
