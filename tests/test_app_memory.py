@@ -18,11 +18,12 @@ from app.gui.engine_bridge import LOADING, READY
 from app.gui.kv_bar import KvIndicator
 from app.gui.messages import AnswerStats
 from app.gui.settings import Settings, load_settings, save_settings
-from app.gui.settings_dialog import REMOTE_MEMORY, SettingsDialog
+from app.gui.settings_dialog import HOST_KV_DEFAULT, REMOTE_MEMORY, SettingsDialog
 from app.paths import settings_path
 from app.wording import memory_summary, size_text
 from app_fixtures import KV_BLOCKS, make_window, shared_backend  # noqa: F401 (fixtures)
 from app_fixtures import settings, type_and_send, wait_answer
+from engine.config import EngineConfig
 
 TIMEOUT_MS = 120_000
 GIB = 1 << 30
@@ -184,6 +185,11 @@ def test_a_bad_kv_tier_size_is_refused_in_the_dialog_and_nothing_changes(qtbot, 
     assert (dialog.kv_in_ram.text(), dialog.kv_on_disk.text()) == ("", "")  # the defaults, said in the placeholders
     assert dialog.kv_in_ram.placeholderText().startswith("1.0 GiB (default)")
     assert dialog.kv_on_disk.placeholderText().startswith("4.0 GiB (default)")
+    on_gpu = SettingsDialog(settings(device="cuda"), gpu_present=True)  # the same defaults there (RAM pinned)
+    assert HOST_KV_DEFAULT == size_text(EngineConfig(device="cpu").host_kv_cache)  # the hint says the engine's default
+    assert (on_gpu.kv_in_ram.placeholderText(), on_gpu.kv_on_disk.placeholderText()) == (
+        dialog.kv_in_ram.placeholderText(), dialog.kv_on_disk.placeholderText())
+    on_gpu.deleteLater()
     for ram, disk, why in (("", "lots", "KV kept on disk: a memory size must look like"),
                            ("-3GiB", "", "KV kept in RAM: a size cannot be negative"),
                            ("0", "4GiB", "KV kept on disk needs KV kept in RAM")):

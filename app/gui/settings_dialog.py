@@ -25,6 +25,7 @@ from app.gui.settings import DEVICES, LOCAL_FILE_SOURCES, THEMES, Preset, Settin
 from engine.memory import parse_size
 
 log = logging.getLogger(__name__)
+HOST_KV_DEFAULT = "1.0 GiB"  # EngineConfig.host_kv_cache's default, said without importing torch
 
 CUSTOM = "Custom"
 _SOURCES = [("bundled", "Bundled (SmolLM2-135M-Instruct)"), ("folder", "Hugging Face folder"), ("gguf", "GGUF file"),
@@ -96,7 +97,9 @@ class SettingsDialog(QDialog):
         self.kv_in_ram = QLineEdit(settings.host_kv_cache)
         self.kv_in_ram.setToolTip("KV blocks pushed off the device are kept in this much RAM, so a chat that comes "
                                   "back to them reads them instead of computing them again. 0 keeps none.")
+        self.kv_in_ram.setPlaceholderText(f"{HOST_KV_DEFAULT} (default); 0 for none")  # on a GPU too (pinned)
         self.kv_on_disk = QLineEdit(settings.disk_kv_cache)
+        self.kv_on_disk.setPlaceholderText(f"{wording.size_text(parse_size(DISK_KV_CACHE))} (default); 0 for none")
         self.kv_on_disk.setToolTip("The KV blocks of long prompts (documents) are also kept on disk, up to this much "
                                    "per model, so a document is read once, even after a restart. They are read "
                                    "through RAM: this needs KV kept in RAM.")
@@ -266,13 +269,6 @@ class SettingsDialog(QDialog):
         self._model_form.setRowVisible(self.memory_limit, source != "remote" and on_gpu)
         self._model_form.setRowVisible(self.quantization, source == "folder")
         self.kv_fraction.setEnabled(not self.memory_limit.text().strip())  # a limit sizes the KV pool itself
-        # the engine's default: RAM keeps KV on the CPU; on a GPU not yet (the tiers' device copies are
-        # unmeasured), and the disk tier, read through RAM, waits for it there
-        disk = wording.size_text(parse_size(DISK_KV_CACHE))
-        self.kv_in_ram.setPlaceholderText("none (default on a GPU), e.g. 2GiB" if on_gpu else
-                                          "1.0 GiB (default); 0 for none")
-        self.kv_on_disk.setPlaceholderText(f"{disk} (default) once RAM keeps KV" if on_gpu else
-                                           f"{disk} (default); 0 for none")
         self.path.setEnabled(source in LOCAL_FILE_SOURCES)
         self.browse.setEnabled(source in LOCAL_FILE_SOURCES)
 
