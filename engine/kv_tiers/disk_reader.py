@@ -85,9 +85,7 @@ class DiskReader:
 
     def run(self, read: DiskRead) -> None:
         """Read it here and now (the caller waits: the benchmark's baseline)."""
-        self._prefetch(read)
-        while self._read_block(read):
-            pass
+        self._read_all(read)
         with self._cond:
             self._q.done.append(read)
             self.num_reads += 1
@@ -128,6 +126,12 @@ class DiskReader:
     def _prefetch(self, read: DiskRead) -> None:
         self.store.prefetch([b.key for b in read.blocks])
 
+    def _read_all(self, read: DiskRead) -> None:
+        """Every block of `read` it can (it stops at the first it cannot read, or when cancelled)."""
+        self._prefetch(read)
+        while self._read_block(read):
+            pass
+
     def _read_block(self, read: DiskRead) -> bool:
         """Read the next block of `read`; whether there is one more to read after it."""
         if read.cancelled or read.num_read >= len(read.blocks):
@@ -159,7 +163,5 @@ class DiskReader:
                 if self._q.closed and not self._q.reads:
                     return
                 read = self._q.reads[0]
-            self._prefetch(read)
-            while self._read_block(read):
-                pass
+            self._read_all(read)
             self._finish(read)
