@@ -281,7 +281,7 @@ def steps_during_read(model: str | None, engine_kwargs: dict, doc_tokens: int = 
     repeat, so a change in the machine's load falls on all of them alike."""
     folder = Path(tempfile.mkdtemp(prefix="folio-bench-kv-read-"))
     kwargs = dict(engine_kwargs, disk_kv_cache="64GiB", disk_kv_dir=folder, disk_kv_min_prefix_tokens=doc_tokens)
-    kwargs.setdefault("host_kv_cache", "2GiB")  # off by default on a GPU; the disk tier reads through it
+    kwargs.setdefault("host_kv_cache", "2GiB")  # the disk tier reads through RAM
     runs = []
     try:
         llm = LLM(model, **kwargs)
