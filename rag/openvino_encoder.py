@@ -122,8 +122,7 @@ class OpenVINOEncoder:
         """float32 [len(texts), dim]: the mean of each text's token vectors, padding excluded."""
         ids, mask = self.tokenize(texts)
         hidden = next(iter(self._request.infer({"input_ids": ids, "attention_mask": mask}).values()))
-        weights = mask[:, :, None].astype(np.float32)
-        return (hidden.astype(np.float32) * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
+        return _mean_pool(hidden, mask)
 
     def tokenize(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(input ids, attention mask), int64 [n, longest], as sentence-transformers makes them."""
@@ -185,9 +184,14 @@ def _last_hidden_state(model):
     return LastHiddenState()
 
 
-def _min_cosine(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
+def _mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """float32 [n, dim]: the mean of each text's token vectors, padding excluded."""
     weights = mask[:, :, None].astype(np.float32)
-    x, y = (a * weights).sum(axis=1), (b * weights).sum(axis=1)
+    return (hidden.astype(np.float32) * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
+
+
+def _min_cosine(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
+    x, y = _mean_pool(a, mask), _mean_pool(b, mask)
     return float(((x * y).sum(axis=1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1))).min())
 
 
