@@ -99,21 +99,22 @@ class LLMEngine:
         """Queue a request; raise RequestError (allocating nothing) if it cannot run. With
         `stream`, every step that adds text returns an output with the delta; otherwise an output
         comes only when the request finishes."""
-        self.validate(prompt_token_ids)
+        ids = self.validate(prompt_token_ids)
         if params.n > self.config.max_num_seqs:
             raise RequestError(f"n={params.n} samples exceed max_num_seqs={self.config.max_num_seqs}", "n")
         request_id = request_id if request_id is not None else f"req-{next(self._request_ids)}"
         if request_id in self.requests:
             raise RequestError(f"request id {request_id!r} is already in use")
         request = Request(request_id, list(prompt_token_ids), params, stream, num_samples=params.n)
-        request.samples.append(self._new_sample(request, 0))
+        request.samples.append(self._new_sample(request, 0, ids))
         self.requests[request_id] = request
         seq = request.samples[0].seq
         self.block_manager.block_keys(seq)  # the prompt's blocks are full now: key them once, on arrival
         self.scheduler.add(seq)
         return request_id
 
-    def validate(self, prompt_token_ids: list[int]) -> None:
+    def validate(self, prompt_token_ids: list[int]) -> np.ndarray:
+        """The prompt as an int64 array, or RequestError if the model cannot take it."""
         n = len(prompt_token_ids)
         if n == 0:
             raise RequestError("the prompt is empty", "prompt")
@@ -125,9 +126,10 @@ class LLMEngine:
         ids = np.asarray(prompt_token_ids)
         if ids.dtype.kind not in "iu":
             raise RequestError("token ids must be integers", "prompt")
-        bad = ids[(ids < 0) | (ids >= vocab)]
-        if len(bad):
+        if ids.min() < 0 or ids.max() >= vocab:
+            bad = ids[(ids < 0) | (ids >= vocab)]
             raise RequestError(f"token ids outside the vocabulary (size {vocab}): {bad[:5].tolist()}", "prompt")
+        return ids.astype(np.int64, copy=False)
 
     def abort_request(self, request_id: str) -> RequestOutput | None:
         """Stop a request wherever it is; its blocks go back to the pool at once (a step in flight
@@ -145,9 +147,12 @@ class LLMEngine:
     def has_unfinished_requests(self) -> bool:
         return bool(self.requests) or self._inflight is not None
 
-    def _new_sample(self, request: Request, index: int) -> SampleState:
+    def _new_sample(self, request: Request, index: int, prompt: np.ndarray | None = None) -> SampleState:
+        """A sequence for sample `index`; `prompt` is the prompt as an array (converted once, on arrival)."""
+        if prompt is None:
+            prompt = request.samples[0].seq.prompt_array
         seq = Sequence(next(self._seq_ids), request.request_id, request.prompt_token_ids, request.params,
-                       sample_index=index)
+                       sample_index=index, prompt_array=prompt)
         return self.outputs.new_sample(request, seq)
 
     def _finish(self, seq: Sequence, reason: str) -> None:

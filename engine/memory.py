@@ -16,6 +16,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from engine.cuda_graphs import prefill_graph_tokens
 from engine.errors import ModelLoadError
 from engine.model.config import ModelConfig
 
@@ -58,9 +59,11 @@ def activation_bytes(cfg: ModelConfig, max_tokens: int, max_seqs: int, itemsize:
 
 def working_bytes(cfg: ModelConfig, step_tokens: int, max_seqs: int, itemsize: int, largest_weight: int,
                   graphs: bool) -> int:
-    """Eager steps' temporaries, the decode graphs' private pool (a step of every sequence at once,
-    which eager steps cannot reuse), and ALLOCATOR_SLACK."""
-    pool = activation_bytes(cfg, max_seqs, max_seqs, itemsize, largest_weight) if graphs else 0
+    """Eager steps' temporaries, the graphs' private pool (the largest graphed step: every
+    sequence decoding, or the prefill graphs' largest; eager steps cannot reuse it), and
+    ALLOCATOR_SLACK."""
+    graphed = max(max_seqs, prefill_graph_tokens(step_tokens))
+    pool = activation_bytes(cfg, graphed, max_seqs, itemsize, largest_weight) if graphs else 0
     return activation_bytes(cfg, step_tokens, max_seqs, itemsize, largest_weight) + pool + ALLOCATOR_SLACK
 
 

@@ -28,6 +28,7 @@ from engine.scheduler import ScheduledBatch
 from engine.step_inputs import Sample, StagingBuffers, StepInputs, build_step, upload_table
 from kernels import cpu_int4
 from kernels.decode_attention import DecodeWorkspace, decode_num_splits, decode_workspace, plan_decode
+from kernels.prefill_attention import warm_up_prefill_attention
 
 
 log = logging.getLogger(__name__)
@@ -120,11 +121,16 @@ class ModelRunner:
         if cuda and config.cuda_graphs:
             self.graphs = DecodeGraphs(self.model, self.input_batch, config.max_num_seqs, self.device)
             self.decode_workspace = self.graphs.workspace  # eager steps never run beside a replay
-            self.prefill_graphs = PrefillGraphs(self.model, self.input_batch, self.device)
+            self.prefill_graphs = PrefillGraphs(self.model, self.input_batch, self.device, config.max_num_seqs,
+                                                config.max_num_batched_tokens, self.graphs.pool)
         elif cuda:
             splits = decode_num_splits(1, c.num_kv_heads, self.input_batch.width * self.block_size, self.device)
             self.decode_workspace = decode_workspace(config.max_num_seqs, c.num_heads, c.num_kv_heads, c.head_dim,
                                                      splits, self.device)
+        if cuda:
+            attn = self.model.layers[0].self_attn
+            warm_up_prefill_attention(config.dtype, attn.k_cache, attn.v_cache, c.num_heads,
+                                      self.input_batch.width * self.block_size)
 
     def _dequantize_on_cpu(self, source: ModelSource) -> bool:
         """On the CPU: dequantize packed weights once when the dense model fits easily in RAM."""
@@ -175,8 +181,8 @@ class ModelRunner:
         step = build_step(batch, samples, self.block_size)
         if self.graphs is not None and step.is_decode_only and self.graphs.fits(step.num_decode):
             tokens = self.graphs.run(step)
-        elif self.prefill_graphs is not None and step.is_single_prefill and self.prefill_graphs.fits(step.num_tokens):
-            tokens = self.prefill_graphs.run(step)
+        elif self.prefill_graphs is not None and (shape := self.prefill_graphs.shape_for(step)) is not None:
+            tokens = self.prefill_graphs.run(step, shape)
         else:
             tokens = self._eager(step)
         return self._collect(tokens, samples)
@@ -210,6 +216,7 @@ class ModelRunner:
             prefill_block_tables=upload_table(step.prefill_tables, dev),
             prefill_cu_seqlens_t=cu, prefill_context_lens_t=prefill_ctx,
             max_prefill_len=int(prefill_lens.max()) if len(prefill_lens) else 0,
+            max_prefill_context=self.input_batch.width * self.block_size,  # the splits a graph would take
             decode_num_splits=splits, decode_plan=plan, decode_workspace=self.decode_workspace)
         state = self.input_batch.state
         hidden, residual = self.model(host_ids, src_rows, state.last_token, meta)

@@ -51,10 +51,11 @@ class Sequence:
     table_version: int = 0  # bumped when a block_table entry is replaced (copy-on-write), not appended
     block_keys: list[int] = field(default_factory=list)
     hash_state: int | None = None  # the key chain after block_keys[-1]
-    prompt_array: np.ndarray = field(init=False, repr=False)
+    prompt_array: np.ndarray | None = field(default=None, repr=False)  # the prompt as int64, made once
 
     def __post_init__(self) -> None:
-        self.prompt_array = np.asarray(self.prompt_token_ids, dtype=np.int64)
+        if self.prompt_array is None:
+            self.prompt_array = np.asarray(self.prompt_token_ids, dtype=np.int64)
 
     @property
     def token_ids(self) -> list[int]:

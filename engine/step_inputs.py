@@ -54,10 +54,12 @@ class StepInputs:
         return self.num_decode == self.num_tokens and len(self.sample_rows) == self.num_decode
 
     @property
-    def is_single_prefill(self) -> bool:
-        """One sequence, prefilling the end of its prompt, sampling once (no forks)."""
-        return (self.num_decode == 0 and len(self.prefill_context_lens) == 1 and len(self.sample_rows) == 1
-                and bool((self.src_rows < 0).all()))
+    def is_prefill_only(self) -> bool:
+        """Every sequence ends its prompt in this step and samples once, in batch order: no decode
+        rows, no forks, no input token left on the device."""
+        count = len(self.prefill_context_lens)
+        return (self.num_decode == 0 and len(self.last_rows) == count
+                and np.array_equal(self.sample_logits, np.arange(count)) and bool((self.src_rows < 0).all()))
 
 
 def build_step(batch: ScheduledBatch, samples: list[Sample], block_size: int) -> StepInputs:
@@ -149,8 +151,12 @@ class StagingBuffers:
         self._offset = 0
 
     def upload(self, *arrays: np.ndarray) -> list[torch.Tensor]:
-        """The arrays as device tensors (views of one buffer), after one asynchronous copy."""
-        total = sum(a.size for a in arrays)
+        """The arrays as device tensors (views of one buffer), after one asynchronous copy.
+
+        Each view starts 16 bytes aligned: Triton compiles a kernel variant per pointer alignment,
+        so views at odd offsets (a batch of another parity) would compile kernels in a step."""
+        sizes = [a.size + (a.size & 1) for a in arrays]  # whole pairs of int64
+        total = sum(sizes)
         start = self._offset
         if start + total <= self.capacity:
             host, dev = self._host[self._turn], self._dev[self._turn]
@@ -161,10 +167,10 @@ class StagingBuffers:
             start = 0
         view = host.numpy()
         offset, spans = start, []
-        for a in arrays:
+        for a, size in zip(arrays, sizes):
             view[offset:offset + a.size] = a.reshape(-1)
             spans.append((offset, a.size, a.shape))
-            offset += a.size
+            offset += size
         dev[start:start + total].copy_(host[start:start + total], non_blocking=True)
         return [dev[o:o + n].view(shape) for o, n, shape in spans]
 

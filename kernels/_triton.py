@@ -10,6 +10,8 @@ cannot run both; tests/test_kernels_triton.py runs the interpreted CPU cases in 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 try:
@@ -37,6 +39,38 @@ def cdiv(a: int, b: int) -> int:
 def next_pow2(n: int) -> int:
     """Triton tiles have power-of-two sides; masks cover the excess."""
     return 1 << max(n - 1, 0).bit_length()
+
+
+@dataclass
+class SplitWorkspace:
+    """Scratch of a kernel that splits its reduction over programs: fp32 partial results, and one
+    int32 counter per output tile that the last program to finish resets (zero between calls)."""
+
+    partials: torch.Tensor
+    counters: torch.Tensor
+
+
+_split_workspaces: dict[tuple[str, torch.device], SplitWorkspace] = {}
+_retired_workspaces: list[SplitWorkspace] = []
+
+
+def split_workspace(user: str, device: torch.device, partials: int, counters: int) -> SplitWorkspace | None:
+    """`user`'s workspace on `device`, grown (at least doubled) to fit; None inside a CUDA-graph
+    capture that would need it to grow (the caller then runs unsplit). A replaced workspace is
+    kept, never freed: graphs captured before still read and write it."""
+    key = (user, device)
+    ws = _split_workspaces.get(key)
+    if ws is not None and ws.partials.numel() >= partials and ws.counters.numel() >= counters:
+        return ws
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return None
+    old_p, old_c = (ws.partials.numel(), ws.counters.numel()) if ws else (0, 0)
+    if ws is not None:
+        _retired_workspaces.append(ws)
+    ws = SplitWorkspace(torch.empty(max(partials, 2 * old_p), dtype=torch.float32, device=device),
+                        torch.zeros(max(counters, 2 * old_c), dtype=torch.int32, device=device))
+    _split_workspaces[key] = ws
+    return ws
 
 
 def check_attention_layout(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -75,8 +109,9 @@ def online_softmax_step(s, v, m_i, l_i, acc, PRECISION: tl.constexpr):
     """Fold scores `s` (log2 units, -inf where hidden) of one K/V tile and its values `v` into the
     running max `m_i`, sum `l_i` and output `acc`: the step every attention kernel shares."""
     m_new = tl.maximum(m_i, tl.max(s, 1))
-    alpha = tl.exp2(m_i - m_new)
-    p = tl.exp2(s - m_new[:, None])
+    m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row that sees nothing yet stays 0, not NaN
+    alpha = tl.exp2(m_i - m_ref)
+    p = tl.exp2(s - m_ref[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
     return m_new, l_i, acc

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from kernels._triton import cdiv, dot_precision, jit, next_pow2, tl
+from kernels._triton import SplitWorkspace, cdiv, dot_precision, jit, next_pow2, split_workspace, tl
 from kernels.quant import QuantWeight, dequantize
 
 REF_ROWS = 4096  # CPU path: rows of W dequantized at a time, to bound the scratch memory
@@ -147,31 +147,6 @@ def tuned_gemv_configs(device: torch.device) -> dict[str, dict | None]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-@dataclass
-class _SplitWorkspace:
-    """fp32 partial sums [split, m, n] and one int32 counter per output tile, zero between calls."""
-
-    partials: torch.Tensor
-    counters: torch.Tensor
-
-
-_workspaces: dict[torch.device, _SplitWorkspace] = {}
-
-
-def _split_workspace(device: torch.device, partials: int, counters: int) -> _SplitWorkspace | None:
-    """The device's workspace, grown to fit (never during a CUDA-graph capture: None then)."""
-    ws = _workspaces.get(device)
-    if ws is not None and ws.partials.numel() >= partials and ws.counters.numel() >= counters:
-        return ws
-    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-        return None
-    old_p, old_c = (ws.partials.numel(), ws.counters.numel()) if ws else (0, 0)
-    ws = _SplitWorkspace(torch.empty(max(partials, old_p), dtype=torch.float32, device=device),
-                         torch.zeros(max(counters, old_c), dtype=torch.int32, device=device))
-    _workspaces[device] = ws
-    return ws
-
-
 def gemv_path(x: torch.Tensor, w: QuantWeight, out: torch.Tensor, cfg: GemvConfig) -> torch.Tensor:
     qh, mins, sc, mn = _optional_arrays(w)
     m, k = x.shape
@@ -181,10 +156,10 @@ def gemv_path(x: torch.Tensor, w: QuantWeight, out: torch.Tensor, cfg: GemvConfi
     k_tiles = cdiv(k, layout["TILE"])
     per_split = cdiv(k_tiles, min(cfg.split, k_tiles))
     split = cdiv(k_tiles, per_split)  # no program without a tile
-    ws = _split_workspace(x.device, split * m * n, grid_n * grid_m) if split > 1 else None
+    ws = split_workspace("quant_matmul", x.device, split * m * n, grid_n * grid_m) if split > 1 else None
     if ws is None:
         split, per_split = 1, k_tiles
-        ws = _SplitWorkspace(out, out)  # unread stand-ins: the unsplit kernel stores directly
+        ws = SplitWorkspace(out, out)  # unread stand-ins: the unsplit kernel stores directly
     args = (x, out, ws.partials, ws.counters, w.qs, qh, w.d, mins, sc, mn, m, n, k, per_split * layout["TILE"],
             x.stride(0), out.stride(0), w.qs.stride(0), qh.stride(0), w.d.stride(0), mins.stride(0),
             sc.stride(0), mn.stride(0))

@@ -1,5 +1,7 @@
 """The engine on CUDA (bf16, Triton kernels, CUDA graphs) against transformers on a random-weight
 model in Llama-3.2-1B shapes. Skipped where there is no GPU; run on the H100 through the device tool."""
+import gc
+
 import pytest
 import torch
 
@@ -125,6 +127,34 @@ def test_seeded_sampling_is_the_same_in_graphs_and_eagerly(llama_1b):
         del llm
     assert outs[True] == outs[False]
     assert outs[True][0] != outs[True][1]
+
+
+def test_chats_arriving_together_replay_one_prefill_graph(llama_1b):
+    """Eight chats over a cached document arrive at once: their last chunks (8 + 24 tokens each,
+    256 in all) run as one replay of the (8, 256) prefill graph, and every greedy answer is the
+    one eager steps give (same shapes, same key splits: the same bits)."""
+    gen = torch.Generator().manual_seed(3)
+    doc = torch.randint(0, 256, (600,), generator=gen).tolist()  # 37 full blocks, 8 tokens past them
+    questions = [torch.randint(0, 256, (24,), generator=gen).tolist() for _ in range(8)]
+    params = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
+    outs, shapes = {}, []
+    for graphs in (True, False):
+        llm = LLM(llama_1b, device="cuda", max_model_len=2048, max_num_batched_tokens=2048, cuda_graphs=graphs)
+        llm.generate([doc + [7]], params)  # the document's blocks are cached
+        if graphs:
+            prefill = llm.engine.runner.prefill_graphs
+            prefill.run = lambda step, shape, run=prefill.run: shapes.append(shape) or run(step, shape)
+        answers = llm.generate([doc + q for q in questions], params)
+        if graphs:
+            del prefill.run, prefill  # they hold the graphs, and through them the model and its KV pool
+        assert all(a.metrics.num_cached_tokens == 592 for a in answers)
+        outs[graphs] = [a.token_ids for a in answers]
+        assert llm.stats()["blocks_used"] == 0
+        del llm, answers
+        gc.collect()
+        torch.cuda.empty_cache()
+    assert shapes == [(8, 256)]
+    assert outs[True] == outs[False]
 
 
 def test_kv_tiers_on_the_gpu(llama_1b, tmp_path):

@@ -156,12 +156,15 @@ def test_decode_reference_reads_views_and_gathers_alike():
         torch.testing.assert_close(out[i], torch.einsum("hn,nhd->hd", probs, v), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("split", [False, True], ids=["whole", "split"])
 @pytest.mark.parametrize("ratio", [1, 4, 8])
 @pytest.mark.parametrize("block_size", [16, 32])
 @pytest.mark.parametrize("head_dim", [64, 128])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("device", DEVICES)
-def test_prefill_matches_reference(device, dtype, head_dim, block_size, ratio):
+def test_prefill_matches_reference(device, dtype, head_dim, block_size, ratio, split):
+    """Split: the keys of each query tile spread over programs (as for a short chunk over a long
+    prefix) and combined by the last; some parts then hold no key a row may see."""
     sizes, (layout, values) = SIZES[device], rngs(head_dim + block_size + ratio, device)
     new, lens = sizes.prefill_new, [p + n for p, n in zip(sizes.prefill_prefix, sizes.prefill_new)]
     num_q_heads, num_kv_heads = sizes.heads[ratio]
@@ -171,7 +174,7 @@ def test_prefill_matches_reference(device, dtype, head_dim, block_size, ratio):
     context_lens = torch.tensor(lens, dtype=torch.int32, device=device)
     out = torch.full_like(q, float("nan"), memory_format=torch.contiguous_format)
     paged_prefill_attention_triton(q, kv.k_cache, kv.v_cache, cu_seqlens, context_lens, kv.tables, head_dim ** -0.5,
-                                   out=out, max_seqlen_q=max(new))
+                                   out=out, max_seqlen_q=max(new), max_context=max(lens) if split else None)
     check_close(out, paged_prefill_attention_ref(q.float(), kv.ref_k_cache, kv.ref_v_cache, cu_seqlens, context_lens,
                                            kv.ref_tables, head_dim ** -0.5))
 
@@ -259,7 +262,12 @@ def test_fp8_caches_are_read_and_written_as_the_reference_does(device):
     slots = new_token_slots(lens, kv.ref_tables, 16)
     out = decode_attention_triton(qkv, positions, cos, sin, k8, v8, slots, kv.tables, context_lens, 0.125, 8, 2)
     decode_attention_ref(qkv, positions, cos, sin, k_ref, v_ref, slots, kv.ref_tables, context_lens, 0.125, 8, 2)
-    assert torch.equal(k8.view(torch.uint8), k_ref.view(torch.uint8))  # the same stored bits
+    k_codes, k_ref_codes = k8.view(torch.uint8).int(), k_ref.view(torch.uint8).int()
+    if device == "cpu":
+        assert torch.equal(k_codes, k_ref_codes)  # the same stored bits
+    else:  # the GPU may fuse the rotation's products into its sums: then, rarely, the neighbouring code
+        steps = (k_codes - k_ref_codes).abs()
+        assert steps.max() <= 1 and (steps > 0).float().mean() < 0.01
     assert torch.equal(v8.view(torch.uint8), v_ref.view(torch.uint8))
     q_rot = split_rotate_ref(qkv.float(), positions, cos, sin, 8, 2)[0]
     check_close(out, paged_decode_attention_ref(q_rot, k8.float(), v8.float(), kv.ref_tables, context_lens, 0.125))

@@ -32,6 +32,7 @@ class AttentionMetadata:
     prefill_cu_seqlens_t: torch.Tensor | None = None
     prefill_context_lens_t: torch.Tensor | None = None
     max_prefill_len: int = 0
+    max_prefill_context: int | None = None  # the longest a prefilling sequence's context may be: splits its keys
     decode_workspace: torch.Tensor | None = None
     decode_num_splits: int | None = None
     decode_plan: DecodePlan | None = None  # CPU: how to read each decoding sequence's keys
@@ -76,7 +77,8 @@ def paged_attention(qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
                                   meta.slot_mapping[nd:], *heads)
         kernels.paged_prefill_attention(q, k_cache, v_cache, meta.prefill_cu_seqlens_t, meta.prefill_context_lens_t,
                                         meta.prefill_block_tables, w.scale, out=out[nd:],
-                                        max_seqlen_q=meta.max_prefill_len, table_rows=meta.prefill_table_rows)
+                                        max_seqlen_q=meta.max_prefill_len, table_rows=meta.prefill_table_rows,
+                                        max_context=meta.max_prefill_context)
         return out
     q, k, v = split_rotate_ref(qkv[nd:], meta.positions[nd:], w.cos, w.sin, *heads)
     store_ref(k, v, k_cache, v_cache, meta.slot_mapping[nd:])
