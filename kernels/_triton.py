@@ -115,3 +115,15 @@ def online_softmax_step(s, v, m_i, l_i, acc, PRECISION: tl.constexpr):
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
     return m_new, l_i, acc
+
+
+@jit
+def merge_split(m_all, l_all, acc_all, m_s, l_s, a_s):
+    """Fold one split's partial (running max `m_s`, sum `l_s`, unnormalized output `a_s`) into the
+    combined ones: the last program of a split-KV tile does this for every split in order. Rows
+    that no split so far has a key for stay at zero, not NaN."""
+    m_new = tl.maximum(m_all, m_s)
+    m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp2(m_all - m_ref)
+    beta = tl.exp2(m_s - m_ref)
+    return m_new, l_all * alpha + l_s * beta, acc_all * alpha[:, None] + a_s * beta[:, None]

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels._triton import cdiv, dot_precision, jit, next_pow2, online_softmax_step, tl
+from kernels._triton import cdiv, dot_precision, jit, merge_split, next_pow2, online_softmax_step, tl
 from kernels.rope import (head_rmsnorm_halves, rope_cos_sin, rope_rows, rotate_halves, select_blocks,
                           split_rotate_ref, store_ref, to_cache_tl)
 
@@ -377,12 +377,7 @@ def _decode_kernel(qkv_ptr, pos_ptr, cos_ptr, sin_ptr, k_cache_ptr, v_cache_ptr,
                 m_s = tl.load(prow + 2 * HALF, mask=offs_g < GROUP, other=float("-inf"), cache_modifier=".cg")
                 l_s = tl.load(prow + 2 * HALF + 1, mask=offs_g < GROUP, other=0.0, cache_modifier=".cg")
                 a_s = tl.load(prow[:, None] + offs_d[None, :], mask=tile_mask, other=0.0, cache_modifier=".cg")
-                m_new = tl.maximum(m_all, m_s)
-                alpha = tl.exp2(m_all - m_new)
-                beta = tl.exp2(m_s - m_new)
-                l_all = l_all * alpha + l_s * beta
-                acc_all = acc_all * alpha[:, None] + a_s * beta[:, None]
-                m_all = m_new
+                m_all, l_all, acc_all = merge_split(m_all, l_all, acc_all, m_s, l_s, a_s)
             o = acc_all / tl.where(l_all > 0, l_all, 1.0)[:, None]
             tl.store(o_ptrs, o.to(out_ptr.dtype.element_ty), mask=tile_mask)
             tl.atomic_xchg(counters_ptr + seq * NUM_KV + kv_head, 0, sem="relaxed")  # ready for the next call

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels._triton import (SplitWorkspace, attend_kv_tile, cdiv, check_attention_layout, dot_precision, jit,
-                             next_pow2, split_workspace, tl)
+                             merge_split, next_pow2, split_workspace, tl)
 from kernels.rope import select_blocks
 
 ATTEND_CHUNK = 256  # query rows per matmul in the CPU path
@@ -260,13 +260,7 @@ def _prefill_kernel(q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, table_row
                 m_s = tl.load(at + BLOCK_D, cache_modifier=".cg")
                 l_s = tl.load(at + BLOCK_D + 1, cache_modifier=".cg")
                 a_s = tl.load(at[:, None] + offs_d[None, :], cache_modifier=".cg")
-                m_new = tl.maximum(m_all, m_s)
-                m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows no part has a key for yet
-                alpha = tl.exp2(m_all - m_ref)
-                beta = tl.exp2(m_s - m_ref)
-                l_all = l_all * alpha + l_s * beta
-                acc_all = acc_all * alpha[:, None] + a_s * beta[:, None]
-                m_all = m_new
+                m_all, l_all, acc_all = merge_split(m_all, l_all, acc_all, m_s, l_s, a_s)
             o = acc_all / tl.where(l_all > 0, l_all, 1.0)[:, None]
             tl.store(o_ptrs, o.to(out_ptr.dtype.element_ty), mask=tile_mask)
             tl.atomic_xchg(counters_ptr + tile_id, 0, sem="relaxed")  # ready for the next call
