@@ -10,6 +10,7 @@ cannot run both; tests/test_kernels_triton.py runs the interpreted CPU cases in 
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -39,6 +40,13 @@ def cdiv(a: int, b: int) -> int:
 def next_pow2(n: int) -> int:
     """Triton tiles have power-of-two sides; masks cover the excess."""
     return 1 << max(n - 1, 0).bit_length()
+
+
+@functools.cache
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device (1 elsewhere): what split-K and split-KV
+    heuristics fill."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
 
 
 @dataclass
@@ -109,7 +117,7 @@ def online_softmax_step(s, v, m_i, l_i, acc, PRECISION: tl.constexpr):
     """Fold scores `s` (log2 units, -inf where hidden) of one K/V tile and its values `v` into the
     running max `m_i`, sum `l_i` and output `acc`: the step every attention kernel shares."""
     m_new = tl.maximum(m_i, tl.max(s, 1))
-    m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row that sees nothing yet stays 0, not NaN
+    m_ref = _finite_max(m_new)
     alpha = tl.exp2(m_i - m_ref)
     p = tl.exp2(s - m_ref[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
@@ -118,12 +126,19 @@ def online_softmax_step(s, v, m_i, l_i, acc, PRECISION: tl.constexpr):
 
 
 @jit
+def _finite_max(m):
+    """The running max to subtract: 0 for a row that has seen no key yet (max -inf), so its
+    weights come out 0 rather than exp2(-inf - -inf), NaN."""
+    return tl.where(m == float("-inf"), 0.0, m)
+
+
+@jit
 def merge_split(m_all, l_all, acc_all, m_s, l_s, a_s):
     """Fold one split's partial (running max `m_s`, sum `l_s`, unnormalized output `a_s`) into the
     combined ones: the last program of a split-KV tile does this for every split in order. Rows
     that no split so far has a key for stay at zero, not NaN."""
     m_new = tl.maximum(m_all, m_s)
-    m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+    m_ref = _finite_max(m_new)
     alpha = tl.exp2(m_all - m_ref)
     beta = tl.exp2(m_s - m_ref)
     return m_new, l_all * alpha + l_s * beta, acc_all * alpha[:, None] + a_s * beta[:, None]

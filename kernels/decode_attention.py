@@ -13,13 +13,12 @@ index_select each for K and V; long contexts are then multiplied straight from t
 """
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 
 import torch
 
-from kernels._triton import cdiv, dot_precision, jit, merge_split, next_pow2, online_softmax_step, tl
+from kernels._triton import cdiv, dot_precision, jit, merge_split, next_pow2, online_softmax_step, sm_count, tl
 from kernels.rope import (head_rmsnorm_halves, rope_cos_sin, rope_rows, rotate_halves, select_blocks,
                           split_rotate_ref, store_ref, to_cache_tl)
 
@@ -223,7 +222,7 @@ def decode_num_splits(num_seqs: int, num_kv_heads: int, max_context: int, device
     programs = num_seqs * num_kv_heads
     if device.type != "cuda" or programs == 0:
         return 1
-    wanted = cdiv(WAVES * _sm_count(device), programs)
+    wanted = cdiv(WAVES * sm_count(device), programs)
     return max(1, min(wanted, max_context // MIN_KEYS, MAX_SPLITS))
 
 
@@ -250,11 +249,6 @@ def decode_workspace(num_seqs: int, num_q_heads: int, num_kv_heads: int, head_di
     return DecodeWorkspace(
         torch.empty(num_seqs, num_q_heads, max(num_splits, 1), head_dim + 2, dtype=torch.float32, device=device),
         torch.zeros(num_seqs * num_kv_heads, dtype=torch.int32, device=device))
-
-
-@functools.cache
-def _sm_count(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 @jit

@@ -2,14 +2,13 @@
 prefix (through the block table) and causally to itself. Prefix hits and chunked prefill need it."""
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
 import torch.nn.functional as F
 
 from kernels._triton import (SplitWorkspace, attend_kv_tile, cdiv, check_attention_layout, dot_precision, jit,
-                             merge_split, next_pow2, split_workspace, tl)
+                             merge_split, next_pow2, sm_count, split_workspace, tl)
 from kernels.rope import select_blocks
 
 ATTEND_CHUNK = 256  # query rows per matmul in the CPU path
@@ -81,7 +80,7 @@ def paged_prefill_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cac
     group = num_q_heads // num_kv_heads
     wide = q.element_size() == 4  # fp32 tiles take twice the shared memory: halve them
     rows, block_n = max(ROWS // 2 if wide else ROWS, next_pow2(group)), 32 if wide else 64
-    if q.is_cuda and _busy_tiles(num_tokens, num_seqs, rows // group) * num_kv_heads < _sm_count(q.device):
+    if q.is_cuda and _busy_tiles(num_tokens, num_seqs, rows // group) * num_kv_heads < sm_count(q.device):
         rows = max(rows // 2, next_pow2(group), 16)  # a small grid: more, shorter query tiles
     block_t = rows // group
     tiles = cdiv(max_seqlen_q, block_t)
@@ -122,7 +121,7 @@ def warm_up_prefill_attention(q_dtype: torch.dtype, k_cache: torch.Tensor, v_cac
     as the engine's staged inputs are; CUDA graphs compile their own variants when captured."""
     device = k_cache.device
     kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
-    sm = _sm_count(device)
+    sm = sm_count(device)
     for seqs in (1, cdiv(sm, kv_heads), cdiv(2 * sm, kv_heads)):
         q = torch.zeros(seqs, num_q_heads, head_dim, dtype=q_dtype, device=device)
         cu = torch.arange(seqs + 1, dtype=torch.int64, device=device)
@@ -139,13 +138,8 @@ def prefill_num_splits(programs: int, max_context: int | None, device: torch.dev
     min_keys = MIN_KEYS if cuda else INTERPRET_MIN_KEYS
     if max_context is None or programs == 0:
         return 1, min_keys
-    wanted = cdiv(WAVES * _sm_count(device), programs) if cuda else INTERPRET_SPLITS
+    wanted = cdiv(WAVES * sm_count(device), programs) if cuda else INTERPRET_SPLITS
     return max(1, min(wanted, cdiv(max_context, min_keys), MAX_SPLITS)), min_keys
-
-
-@functools.cache
-def _sm_count(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def gather_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, block_table: torch.Tensor,

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from kernels._triton import SplitWorkspace, cdiv, dot_precision, jit, next_pow2, split_workspace, tl
+from kernels._triton import SplitWorkspace, cdiv, dot_precision, jit, next_pow2, sm_count, split_workspace, tl
 from kernels.quant import QuantWeight, dequantize
 
 REF_ROWS = 4096  # CPU path: rows of W dequantized at a time, to bound the scratch memory
@@ -63,11 +63,6 @@ def quant_matmul_ref(x: torch.Tensor, w: QuantWeight, out: torch.Tensor | None =
 def quant_embedding_ref(ids: torch.Tensor, w: QuantWeight, dtype: torch.dtype) -> torch.Tensor:
     """Rows `ids` of W, dequantized, in `dtype` (the token embedding of a quantized model)."""
     return dequantize(w.index_rows(ids.long())).to(dtype)
-
-
-@functools.cache
-def _sm_count(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
 
 
 def quant_matmul_triton(x: torch.Tensor, w: QuantWeight, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -126,7 +121,7 @@ def gemv_config(m: int, n: int, k: int, qtype: str, device: torch.device) -> Gem
 def one_row_config(n: int, device: torch.device) -> GemvConfig:
     """16 rows of W a program where that leaves four programs per SM, down to 4; no split."""
     block_n = 16
-    while block_n > 4 and cdiv(n, block_n) < 4 * _sm_count(device):
+    while block_n > 4 and cdiv(n, block_n) < 4 * sm_count(device):
         block_n //= 2
     return GemvConfig(block_n)
 
