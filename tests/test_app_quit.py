@@ -6,11 +6,14 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from app.gui.history import History
 from app.gui.messages import STOPPED
 from app.paths import history_path
+from app_fixtures import make_window, shared_backend  # noqa: F401 (fixtures)
+from app_fixtures import close_window
 from conftest import PASSAGE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,3 +69,20 @@ def test_closing_the_window_mid_answer_stops_every_thread_and_exits_0(tmp_path):
     finally:
         history.close()
     assert answer.role == "assistant" and answer.status == STOPPED
+
+
+def test_the_library_closes_only_once_the_engine_has_stopped(qtbot, make_window):
+    """The embedder's native runtime and chromadb are torn down while no engine step runs beside
+    them: the library waits for the engine's shutdown (held back here) before it closes."""
+    window = make_window()
+    library = window.library.library
+    engine_stopping = threading.Event()
+    window.bridge._lifetime.post(engine_stopping.wait)  # an engine step that takes its time to end
+    try:
+        window.close()
+        qtbot.wait(300)  # time enough for the library to close, were it not waiting
+        assert window.library.library is library and not window.library.wait_closed(0)
+    finally:
+        engine_stopping.set()
+    close_window(qtbot, window)
+    assert window.library.library is None

@@ -123,13 +123,16 @@ class LibraryService(QObject):
         """Drop a pending callback (its chat was closed or stopped)."""
         self._callbacks.pop(key, None)
 
-    def close(self) -> None:
+    def close(self, after: Callable[[], object] | None = None) -> None:
         """At exit, without blocking: cancel the indexing, let each worker finish what it holds, and
-        close the library on the query worker. `closed` follows in the GUI thread; `wait_closed`
-        waits where no event loop runs any more."""
+        close the library on the query worker, once `after()` (called there) has returned. The
+        window passes the engine's own wait: the embedder's native runtime (OpenVINO) and chromadb's
+        are then torn down when no engine step computes beside them (CI saw the process segfault
+        in that teardown while the engine ran a prefill step on the CPU). `closed` follows in the
+        GUI thread; `wait_closed` waits where no event loop runs any more."""
         self.cancel_all()
         self._indexer.finish()
-        self._background.run(self._close_library, lambda _: self.closed.emit(), worker=self._query)
+        self._background.run(lambda: self._close_library(after), lambda _: self.closed.emit(), worker=self._query)
         self._query.finish()
 
     def wait_closed(self, timeout: float | None) -> bool:
@@ -164,8 +167,10 @@ class LibraryService(QObject):
 
     # ------------------------------------------------------------------ query worker
 
-    def _close_library(self) -> None:
+    def _close_library(self, after: Callable[[], object] | None) -> None:
         self._indexer.join(None)  # its last file, cancelled, may still be writing to the library
+        if after is not None:
+            after()
         if self.library is not None:
             self.library.close()
             self.library = None

@@ -428,7 +428,7 @@ class MainWindow(QMainWindow):
             session.abandon()
         self.history.close()
         self.bridge.close()
-        self.library.close()
+        self.library.close(after=lambda: self.bridge.wait_closed(None))
         super().closeEvent(event)
 
     def wait_closed(self, timeout: float | None) -> bool:
