@@ -39,6 +39,7 @@ class PrefixHit:
     next_block_pending: bool
     loads: list[TierLoad] = field(default_factory=list)
     loading: bool = False
+    num_revived: int = 0  # of `blocks`, those free now (cached, unreferenced): taking them uses free blocks
 
     @property
     def num_blocks(self) -> int:
@@ -66,7 +67,8 @@ class BlockManager:
         self._reads: dict[int, ReadTicket] = {}  # seq_id -> the disk read a waiting sequence waits for
         self.num_queried_tokens = 0
         self.num_hit_tokens = 0
-        self._last_hit: tuple[list[int], np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._last_hit: tuple[list[int], np.ndarray, np.ndarray, np.ndarray, int] | None = None
+        # the last full match: its keys, tokens, blocks, their generations and pool.num_evictions then
         # the last sequence keyed: its tokens, block keys and chain states (see _chain)
         self._last_chain: tuple[np.ndarray, list[int], np.ndarray] = (
             np.zeros(0, dtype=np.int64), [], np.zeros(0, dtype=np.uint64))
@@ -127,13 +129,15 @@ class BlockManager:
         blocks = self._repeat_hit(keys, tokens, max_blocks)
         if blocks is None:
             blocks = self.pool.match(keys[:max_blocks], tokens)
-            self._last_hit = (keys[:len(blocks)], tokens[:len(blocks)], blocks, self.pool.gen[blocks])
+            self._last_hit = (keys[:len(blocks)], tokens[:len(blocks)], blocks, self.pool.gen[blocks],
+                              self.pool.num_evictions)
         nxt = len(blocks)
         pending = nxt < max_blocks and self._pending[keys[nxt]] > 0
+        revived = int(np.count_nonzero(self.pool.ref_cnt[blocks] == 0)) if nxt else 0
         loads: list[TierLoad] = []
         if self.tiers is not None and nxt < max_blocks and not pending:
             # Each load takes a free block; leave one for the tokens after the hit.
-            room = self.pool.num_free - int((self.pool.ref_cnt[blocks] == 0).sum()) - 1
+            room = self.pool.num_free - revived - 1
             if room > 0:
                 parent = int(blocks[-1]) if nxt else -1
                 parent_key = keys[nxt - 1] if nxt else self.hasher.model_key
@@ -146,7 +150,7 @@ class BlockManager:
                 loads = found.loads
         if ticket is not None:  # after the lookup: its slots stay pinned until the loads are found
             self.tiers.release(self._reads.pop(seq.seq_id))
-        return PrefixHit(blocks, pending, loads)
+        return PrefixHit(blocks, pending, loads, num_revived=revived)
 
     def collect_reads(self) -> None:
         """Take the disk reads finished since the last schedule: their sequences can be admitted."""
@@ -168,11 +172,13 @@ class BlockManager:
         when it does not apply; then the full match runs."""
         if self._last_hit is None:
             return None
-        hit_keys, hit_tokens, blocks, gens = self._last_hit
+        hit_keys, hit_tokens, blocks, gens, evictions = self._last_hit
         k = len(hit_keys)
-        if k == 0 or k > max_blocks or keys[:k] != hit_keys or not np.array_equal(tokens[:k], hit_tokens):
+        # Keys chain every block before them, so the last one stands for all; the tokens confirm it.
+        if k == 0 or k > max_blocks or keys[k - 1] != hit_keys[-1] or not (tokens[:k] == hit_tokens).all():
             return None
-        if not (self.pool.is_cached[blocks].all() and np.array_equal(self.pool.gen[blocks], gens)):
+        if evictions != self.pool.num_evictions and not (
+                self.pool.is_cached[blocks].all() and np.array_equal(self.pool.gen[blocks], gens)):
             return None
         if k < max_blocks and keys[k] in self.pool.cached:  # it may go on further than the last one did
             return None
@@ -196,13 +202,13 @@ class BlockManager:
         write_idx = num_computed // bs
         cow = (num_new_tokens > 0 and write_idx < len(seq.block_table)
                and pool.ref_cnt[seq.block_table[write_idx]] > 1)
-        revived = int((pool.ref_cnt[hit.blocks] == 0).sum()) if num_hit else 0
+        revived = hit.num_revived if hit is not None else 0
         num_loads = len(hit.loads) if hit is not None else 0
         if num_loads + num_new_blocks + int(cow) + revived > pool.num_free:
             return None
 
         if num_hit:
-            pool.touch(hit.blocks)
+            pool.touch(hit.blocks, num_free=revived)
             seq.block_table = hit.blocks.tolist()
             if num_loads:
                 self._load(seq, hit.loads)

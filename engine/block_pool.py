@@ -53,6 +53,16 @@ class FreeBlockQueue:
         self._in[block] = False
         self.num_free -= 1
 
+    def remove_many(self, blocks: list[int]) -> None:
+        """`remove` for each, in one loop: a document's hundreds of blocks taken back at once."""
+        nxt_of, prev_of, free = self._next, self._prev, self._in
+        for block in blocks:
+            assert free[block], f"block {block} is not free"
+            prev, nxt = prev_of[block], nxt_of[block]
+            nxt_of[prev], prev_of[nxt] = nxt, prev
+            free[block] = False
+        self.num_free -= len(blocks)
+
     def __contains__(self, block: int) -> bool:
         return self._in[block]
 
@@ -76,6 +86,9 @@ class BlockPool:
         self.parent_gen = np.zeros(num_blocks, dtype=np.int64)
         self.gen = np.zeros(num_blocks, dtype=np.int64)
         self.cached: dict[int, int] = {}  # key -> block id
+        # Bumped by every eviction: while it stands still, every cached block is still cached as it
+        # was (nothing else uncaches a block), so a remembered hit needs no per-block re-check.
+        self.num_evictions = 0
         # Called with a cached block's id just before its content is dropped (the KV tiers keep it).
         self.on_evict: Callable[[int], None] | None = None
 
@@ -94,13 +107,14 @@ class BlockPool:
         self.ref_cnt[ids] = 1
         return ids
 
-    def touch(self, ids: list[int] | np.ndarray) -> None:
-        """Add a reference to each (distinct) block; free (cached) ones leave the free queue."""
+    def touch(self, ids: list[int] | np.ndarray, num_free: int | None = None) -> None:
+        """Add a reference to each (distinct) block; free (cached) ones leave the free queue.
+        `num_free`, where the caller has counted them already: how many of `ids` are free."""
         if not len(ids):
             return
         arr = np.asarray(ids)
-        for b in arr[self.ref_cnt[arr] == 0].tolist():
-            self.free_queue.remove(b)
+        if num_free != 0:
+            self.free_queue.remove_many(arr[self.ref_cnt[arr] == 0].tolist())
         self.ref_cnt[arr] += 1
 
     def touch_one(self, block: int) -> None:
@@ -157,6 +171,7 @@ class BlockPool:
             del self.cached[key]
         self.is_cached[block] = False
         self.gen[block] += 1
+        self.num_evictions += 1
 
     def stats(self) -> dict[str, int]:
         used = self.ref_cnt > 0

@@ -157,8 +157,9 @@ class Scheduler:
             self.waiting.popleft()
             if seq.num_preemptions == 0:
                 seq.num_cached_tokens = seq.num_computed_tokens
-                seq.num_ram_cached_tokens = hit.num_from("ram") * bs
-                seq.num_disk_cached_tokens = hit.num_from("disk") * bs
+                if hit.loads:
+                    seq.num_ram_cached_tokens = hit.num_from("ram") * bs
+                    seq.num_disk_cached_tokens = hit.num_from("disk") * bs
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             seats_taken += seats(seq)

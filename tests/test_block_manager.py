@@ -784,6 +784,50 @@ def test_a_sequence_sharing_blocks_with_the_last_one_reuses_their_keys():
     assert bm.block_keys(c) == fresh.block_keys(make_seq(5, [999] + doc[1:] + [1, 2, 3, 4]))
 
 
+def test_chats_arriving_together_reuse_the_last_hit_until_a_block_of_it_is_evicted():
+    """Admitting many chats over one document takes the last hit again without re-checking every
+    block, while nothing has been evicted since; an eviction in between (here of the hit's last
+    block, reallocated to another prompt) makes the next chat match again and hit less."""
+    bs = 4
+    bm = BlockManager(8, bs)
+    doc = list(range(100, 116))  # four full blocks
+    first = make_seq(0, doc + [1])
+    run_to_end(bm, first, bm.find_prefix(first))
+    table = list(first.block_table)
+    bm.free(first)
+    assert bm.pool.num_free == 8 and bm.pool.stats()["blocks_cached"] == 4
+
+    second = make_seq(1, doc + [2])
+    hit = bm.find_prefix(second)
+    assert hit.blocks.tolist() == table[:4] and hit.num_revived == 4
+    assert bm.allocate(second, 1, hit) is not None
+    third = make_seq(2, doc + [3])
+    again = bm.find_prefix(third)  # the remembered hit: its blocks are held by `second` now
+    assert again.blocks.tolist() == table[:4] and again.num_revived == 0
+    bm.free(second)  # the document's blocks go back to the free queue, last block first
+    evictions = bm.pool.num_evictions
+    other = make_seq(3, list(range(500, 517)))  # five blocks: the four without a prefix, then the document's last
+    assert bm.allocate(other, 17, bm.find_prefix(other)) is not None
+    assert bm.pool.num_evictions == evictions + 1 and not bm.pool.is_cached[table[3]]
+    fourth = make_seq(4, doc + [4])
+    assert bm.find_prefix(fourth).blocks.tolist() == table[:3]
+
+
+def test_the_last_hit_is_taken_again_only_for_the_same_tokens():
+    """Under a hash that gives every block one key, a prompt whose keys equal the last hit's but
+    whose tokens differ is matched block by block: it gets no block it does not share."""
+    bs = 4
+    bm = BlockManager(16, bs)
+    bm.hasher = ConstantHasher(bs)  # one key for all: the pool caches one block under it
+    first = make_seq(0, [100, 101, 102, 103, 1])
+    run_to_end(bm, first, bm.find_prefix(first))
+    same = make_seq(1, [100, 101, 102, 103, 2])
+    assert bm.find_prefix(same).blocks.tolist() == first.block_table[:1]
+    edited = make_seq(2, [100, 101, 999, 103, 3])
+    assert bm.find_prefix(edited).blocks.tolist() == []
+    assert bm.find_prefix(make_seq(3, [100, 101, 102, 103, 4])).blocks.tolist() == first.block_table[:1]
+
+
 # --------------------------------------------------------------------------- stateful, with KV tiers
 
 ROW_BYTES = 4096  # a simulated block: its slots' contents as JSON

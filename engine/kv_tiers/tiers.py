@@ -108,6 +108,9 @@ class KVTiers:
         When the next block is on disk (or being read for another sequence), and `read_disk`, the
         answer is instead a ticket for the read that brings it to RAM: wait for it, then look up
         again with `read_disk=False`."""
+        if keys and keys[0] not in self.host.lru and not (read_disk and self.reader is not None
+                                                         and self.disk.has(keys[0])):
+            return TierLookup([])  # the usual miss (a chat's question), without hashing its tokens
         digest = self.digest_of(parent_block)
         hits: list[TierLoad] = []
         wait = None
