@@ -13,6 +13,21 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 NUM_PROMPTS, NEW_TOKENS = 8, 64  # 8 x 64 = 512 positions compared
 
 
+def free_the_gpu() -> None:
+    """Collect the engines made before (reference cycles keep one alive past its last name), so
+    that the next one sizes its KV pool from what is really free: run as a whole, this file's
+    engines used to pile up until one ran out of memory."""
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
+@pytest.fixture(autouse=True)
+def _each_test_starts_on_a_free_gpu():
+    free_the_gpu()
+    yield
+    free_the_gpu()
+
+
 @pytest.fixture(scope="module")
 def llama_1b(tmp_path_factory):
     return make_dummy_model("llama-1b", tmp_path_factory.mktemp("llama-1b"))
@@ -29,6 +44,7 @@ def ours(llama_1b, prompts, request):
     """Our greedy tokens: the fused Triton kernels with asynchronous and synchronous steps, and the
     unfused model (the torch references, run on the GPU) as the comparison for the fused one."""
     import kernels
+    free_the_gpu()  # made before the test's own autouse fixture runs: the previous param's engine may linger
     params = SamplingParams(max_tokens=NEW_TOKENS, temperature=0, ignore_eos=True)
     if request.param == "reference":
         with kernels.reference_ops():
@@ -125,6 +141,7 @@ def test_seeded_sampling_is_the_same_in_graphs_and_eagerly(llama_1b):
         again = [o.token_ids for o in llm.generate([[5, 6, 7, 8]], params)[0].outputs]
         assert again == outs[graphs]
         del llm
+        free_the_gpu()
     assert outs[True] == outs[False]
     assert outs[True][0] != outs[True][1]
 
@@ -151,8 +168,7 @@ def test_chats_arriving_together_replay_one_prefill_graph(llama_1b):
         outs[graphs] = [a.token_ids for a in answers]
         assert llm.stats()["blocks_used"] == 0
         del llm, answers
-        gc.collect()
-        torch.cuda.empty_cache()
+        free_the_gpu()
     assert shapes == [(8, 256)]
     assert outs[True] == outs[False]
 
@@ -180,7 +196,7 @@ def test_kv_tiers_on_the_gpu(llama_1b, tmp_path):
     llm.engine.kv_tiers.drain()
     assert llm.stats()["blocks_used"] == 0
     del llm
-    torch.cuda.empty_cache()
+    free_the_gpu()
     restarted = LLM(llama_1b, **tiers)
     from_disk = restarted.generate([doc], params)[0]
     assert from_disk.metrics.num_disk_cached_tokens == 1024
