@@ -39,13 +39,11 @@ class DecodeGraphs:
         self.sizes = [s for s in CAPTURE_SIZES if s <= max_num_seqs] or [max_num_seqs]
         largest = self.sizes[-1]
         cfg = model.cfg
-        block_size = model.layers[0].self_attn.k_cache.shape[1]
         self.meta = torch.zeros(7, largest, dtype=torch.int64, device=device)
         self.out = torch.zeros(largest, dtype=torch.int32, device=device)
         self._meta_host = [torch.zeros(7, largest, dtype=torch.int64, pin_memory=True) for _ in range(2)]
         self._turn = 0
-        max_context = batch.width * block_size
-        self.splits = {s: decode_num_splits(s, cfg.num_kv_heads, max_context, device) for s in self.sizes}
+        self.splits = {s: decode_num_splits(s, cfg.num_kv_heads, batch.max_context, device) for s in self.sizes}
         self.workspace = decode_workspace(largest, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
                                           max(self.splits.values()), device)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
@@ -137,7 +135,6 @@ class PrefillGraphs:
         self.model = model
         self.batch = batch
         self.device = device
-        self.max_context = batch.width * model.layers[0].self_attn.k_cache.shape[1]  # fixes the key splits
         largest = prefill_graph_tokens(max_step_tokens)
         self.shapes = [(n, t) for n, t in PREFILL_SHAPES if n <= max_seqs and t <= largest]
         tokens = max((t for _, t in self.shapes), default=0)
@@ -166,7 +163,7 @@ class PrefillGraphs:
             decode_block_tables=self.batch.block_tables, decode_context_lens=q[P_CTX, :0],
             prefill_cu_seqlens=[], prefill_context_lens=[], prefill_block_tables=self.batch.block_tables,
             prefill_cu_seqlens_t=q[CU, :n + 1], prefill_context_lens_t=q[P_CTX, :n], max_prefill_len=size,
-            max_prefill_context=self.max_context, prefill_table_rows=q[P_ROW, :n])
+            max_prefill_context=self.batch.max_context, prefill_table_rows=q[P_ROW, :n])
         state = self.batch.state
         hidden, residual = self.model(t[0, :size], self.src_rows[:size], state.last_token, meta)
         logits = self.model.compute_logits(hidden, residual, q[LAST, :n])

@@ -17,7 +17,8 @@ from engine.sequence import Sequence
 
 
 class InputBatch:
-    def __init__(self, max_rows: int, vocab: int, device: torch.device, max_blocks_per_seq: int) -> None:
+    def __init__(self, max_rows: int, vocab: int, device: torch.device, max_blocks_per_seq: int,
+                 block_size: int) -> None:
         self.device = device
         self.max_rows = max_rows
         self.scratch_row = max_rows  # CUDA-graph padding samples write here
@@ -26,6 +27,9 @@ class InputBatch:
         # what changed: new rows whole, grown tables their new entries, copied-on-write ones whole.
         self.width = max_blocks_per_seq + 1
         self.block_tables = torch.zeros(max_rows + 1, self.width, dtype=torch.int32, device=device)
+        # The keys a row's table can address: what the attention kernels' key splits are sized for,
+        # the same for eager steps and graphs so that both compute the same bits.
+        self.max_context = self.width * block_size
         self._synced_len = [0] * (max_rows + 1)
         self._synced_version = [-1] * (max_rows + 1)
         pin = device.type == "cuda"

@@ -110,7 +110,8 @@ class ModelRunner:
                                     c.head_dim, dtype=config.kv_dtype, device=self.device)
         self.model.bind_kv_cache(list(self.kv_cache[0]), list(self.kv_cache[1]))
         max_blocks_per_seq = -(-min(max_positions, self.num_blocks * self.block_size) // self.block_size)
-        self.input_batch = InputBatch(config.max_num_seqs, c.vocab_size, self.device, max_blocks_per_seq)
+        self.input_batch = InputBatch(config.max_num_seqs, c.vocab_size, self.device, max_blocks_per_seq,
+                                      self.block_size)
         self.staging = StagingBuffers(8 * config.max_num_batched_tokens + 16 * config.max_num_seqs + 4096, self.device)
         self._tokens_host = [torch.empty(4 * config.max_num_seqs, dtype=torch.int32, pin_memory=cuda)
                              for _ in range(2)]
@@ -124,13 +125,13 @@ class ModelRunner:
             self.prefill_graphs = PrefillGraphs(self.model, self.input_batch, self.device, config.max_num_seqs,
                                                 config.max_num_batched_tokens, self.graphs.pool)
         elif cuda:
-            splits = decode_num_splits(1, c.num_kv_heads, self.input_batch.width * self.block_size, self.device)
+            splits = decode_num_splits(1, c.num_kv_heads, self.input_batch.max_context, self.device)
             self.decode_workspace = decode_workspace(config.max_num_seqs, c.num_heads, c.num_kv_heads, c.head_dim,
                                                      splits, self.device)
         if cuda:
             attn = self.model.layers[0].self_attn
             warm_up_prefill_attention(config.dtype, attn.k_cache, attn.v_cache, c.num_heads,
-                                      self.input_batch.width * self.block_size)
+                                      self.input_batch.max_context)
 
     def _dequantize_on_cpu(self, source: ModelSource) -> bool:
         """On the CPU: dequantize packed weights once when the dense model fits easily in RAM."""
@@ -203,8 +204,7 @@ class ModelRunner:
         nd = step.num_decode
         splits, plan = None, None
         if nd and dev.type == "cuda":  # as a graph of this size would: only kernels compiled at capture
-            splits = decode_num_splits(nd, self.model_config.num_kv_heads,
-                                       self.input_batch.width * self.block_size, dev)
+            splits = decode_num_splits(nd, self.model_config.num_kv_heads, self.input_batch.max_context, dev)
         elif nd:
             plan = plan_decode(step.decode_tables, step.decode_context_lens.tolist(), self.block_size)
         prefill_lens = np.diff(step.prefill_cu_seqlens)
@@ -216,7 +216,7 @@ class ModelRunner:
             prefill_block_tables=upload_table(step.prefill_tables, dev),
             prefill_cu_seqlens_t=cu, prefill_context_lens_t=prefill_ctx,
             max_prefill_len=int(prefill_lens.max()) if len(prefill_lens) else 0,
-            max_prefill_context=self.input_batch.width * self.block_size,  # the splits a graph would take
+            max_prefill_context=self.input_batch.max_context,  # the splits a graph would take
             decode_num_splits=splits, decode_plan=plan, decode_workspace=self.decode_workspace)
         state = self.input_batch.state
         hidden, residual = self.model(host_ids, src_rows, state.last_token, meta)

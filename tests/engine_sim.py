@@ -39,7 +39,7 @@ class FakeRunner:
     def __init__(self, num_blocks: int, block_size: int, max_rows: int, stop_rate: float = 0.0, seed: int = 0) -> None:
         self.num_blocks = num_blocks
         self.block_size = block_size
-        self.input_batch = InputBatch(max_rows, 32, torch.device("cpu"), num_blocks)
+        self.input_batch = InputBatch(max_rows, 32, torch.device("cpu"), num_blocks, block_size)
         self.content: list[list[tuple | None]] = [[None] * block_size for _ in range(num_blocks)]
         self.pending: dict[int, int] = {}  # seq_id -> its sampled, not yet read token
         self.batches: list[ScheduledBatch] = []
