@@ -39,8 +39,8 @@ def reference_ops():
 
 def _by_device(reference: Callable, kernel: Callable) -> Callable:
     """The op with the reference's signature: the Triton kernel when the first tensor is on CUDA.
-    Keywords only the kernel knows (`workspace=`, `num_splits=`, `max_seqlen_q=`) are CUDA-only;
-    keywords only the reference knows (`plan=`) are CPU-only."""
+    Keywords only the kernel knows (`workspace=`, `num_splits=`, `max_seqlen_q=`, `max_context=`)
+    are CUDA-only; keywords only the reference knows (`plan=`) are CPU-only."""
     @functools.wraps(reference)
     def op(first, *args, **kwargs):
         if on_triton(first):
@@ -52,7 +52,7 @@ def _by_device(reference: Callable, kernel: Callable) -> Callable:
     return op
 
 
-_KERNEL_ONLY = ("workspace", "num_splits", "max_seqlen_q")
+_KERNEL_ONLY = ("workspace", "num_splits", "max_seqlen_q", "max_context")
 
 
 add_rmsnorm = _by_device(add_rmsnorm_ref, add_rmsnorm_triton)

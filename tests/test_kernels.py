@@ -67,6 +67,11 @@ def test_prefill_attention_over_cached_prefix_matches_naive(hq, hkv):
     q = torch.randn(sum(new), hq, d, generator=gen)
     cu = torch.tensor([0, 5, 6, 46], dtype=torch.int32)
     out = kernels.paged_prefill_attention(q, k_cache, v_cache, cu, torch.tensor(ctx, dtype=torch.int32), tables, d ** -0.5)
+    # the keywords the model passes for the Triton kernel are dropped for the reference (on the GPU
+    # too, under kernels.reference_ops), not refused
+    tuned = kernels.paged_prefill_attention(q, k_cache, v_cache, cu, torch.tensor(ctx, dtype=torch.int32), tables,
+                                            d ** -0.5, max_seqlen_q=max(new), max_context=tables.shape[1] * bs)
+    assert torch.equal(tuned, out)
     for i, n in enumerate(ctx):
         s, e = cu[i].item(), cu[i + 1].item()
         ref = naive(q[s:e], rows(k_cache, tables[i], n), rows(v_cache, tables[i], n), d ** -0.5)
