@@ -198,6 +198,20 @@ def dequantize_triton(w: QuantWeight, dtype: torch.dtype) -> torch.Tensor:
 
 
 @jit
+def _small_int_to_float(q, offset: tl.constexpr = 0):
+    """q (int32, q + offset in [0, 2**23)) as fp32, exactly, without a conversion instruction:
+    the float 2**23 + q + offset has q + offset as its mantissa, so an integer or (an add where an
+    offset makes q non-negative), a bitcast and one float subtraction give q. An int-to-float
+    conversion runs at a quarter of the FMA rate on NVIDIA GPUs, and dequantization converts
+    every weight (H200: a one-sequence Llama-1B Q4_K_M step's packed matmuls 1,177 -> 1,112 us)."""
+    if offset == 0:
+        bits = q | 0x4B000000
+    else:
+        bits = q + (0x4B000000 + offset)
+    return bits.to(tl.float32, bitcast=True) - (8388608.0 + offset)
+
+
+@jit
 def _group_tile(rows, kt, row_mask, k, qs_ptr, qh_ptr, d_ptr, m_ptr, sc_ptr, mn_ptr,
                s_qs, s_qh, s_d, s_m, s_sc, s_mn, QTYPE: tl.constexpr, NG: tl.constexpr, GS: tl.constexpr):
     """Every kernel's view of NG * GS quant bytes of rows `rows` from element kt: integer
@@ -210,7 +224,7 @@ def _group_tile(rows, kt, row_mask, k, qs_ptr, qh_ptr, d_ptr, m_ptr, sc_ptr, mn_
     if QTYPE == 4:  # Q8_0: one int8 per element, blocks of 32
         k_lo = kt + g[:, None] * 32 + e[None, :]
         mask = m2[:, :, None] & (k_lo < k)[None, :, :]
-        q = tl.load(qs_ptr + r3 * s_qs + k_lo[None, :, :], mask=mask, other=0).to(tl.float32)
+        q = _small_int_to_float(tl.load(qs_ptr + r3 * s_qs + k_lo[None, :, :], mask=mask, other=0).to(tl.int32), 128)
         gm = m2 & (tl.min(k_lo, axis=1) < k)[None, :]
         a = tl.load(d_ptr + rows[:, None] * s_d + (kt // 32 + g)[None, :], mask=gm, other=0.0).to(tl.float32)
         return q, q, a, a * 0.0, a, a * 0.0, k_lo, k_lo
@@ -244,21 +258,21 @@ def _group_tile(rows, kt, row_mask, k, qs_ptr, qh_ptr, d_ptr, m_ptr, sc_ptr, mn_
             b = 16.0 * d
         else:
             b = -tl.load(m_ptr + rows[:, None] * s_m + blk, mask=gm, other=0.0).to(tl.float32)
-        return lo.to(tl.float32), hi.to(tl.float32), d, b, d, b, k_lo, k_hi
+        return _small_int_to_float(lo), _small_int_to_float(hi), d, b, d, b, k_lo, k_hi
     if QTYPE == 7:
+        # k_hi is k_lo + 64 in the same half super-block, so both take their top bits from one
+        # high byte, bits 2j and 2j + 4 (j = which 32 of the half k_lo is in)
         e_lo = k_lo % 256
-        e_hi = k_hi % 256
-        hb_lo = (k_lo // 256) * 64 + (e_lo // 128) * 32 + e_lo % 32
-        hb_hi = (k_hi // 256) * 64 + (e_hi // 128) * 32 + e_hi % 32
-        h_lo = tl.load(qh_ptr + r3 * s_qh + hb_lo[None, :, :], mask=mask, other=0).to(tl.int32)
-        h_hi = tl.load(qh_ptr + r3 * s_qh + hb_hi[None, :, :], mask=mask, other=0).to(tl.int32)
-        lo = lo | (((h_lo >> (2 * ((e_lo % 128) // 32))[None, :, :]) & 3) << 4)
-        hi = hi | (((h_hi >> (2 * ((e_hi % 128) // 32))[None, :, :]) & 3) << 4)
+        hb = (k_lo // 256) * 64 + (e_lo // 128) * 32 + e_lo % 32
+        h = tl.load(qh_ptr + r3 * s_qh + hb[None, :, :], mask=mask, other=0).to(tl.int32)
+        shift = (2 * ((e_lo % 128) // 32))[None, :, :]
+        lo = lo | (((h >> shift) & 3) << 4)
+        hi = hi | (((h >> (shift + 4)) & 3) << 4)
         s_at = (kt // 16 + (g // 4) * 8 + g % 4)[None, :]
         d = tl.load(d_ptr + rows[:, None] * s_d + (kt // 256 + g // 8)[None, :], mask=gm, other=0.0).to(tl.float32)
         a_lo = d * tl.load(sc_ptr + rows[:, None] * s_sc + s_at, mask=gm, other=0).to(tl.float32)
         a_hi = d * tl.load(sc_ptr + rows[:, None] * s_sc + s_at + 4, mask=gm, other=0).to(tl.float32)
-        return lo.to(tl.float32), hi.to(tl.float32), a_lo, 32.0 * a_lo, a_hi, 32.0 * a_hi, k_lo, k_hi
+        return _small_int_to_float(lo), _small_int_to_float(hi), a_lo, 32.0 * a_lo, a_hi, 32.0 * a_hi, k_lo, k_hi
     sup = (kt // 256 + g // 4)[None, :]
     if QTYPE == 6:  # Q5_K: the fifth bit of element i of a superblock is bit i // 32 of byte i % 32
         hb = (kt // 256 + g[:, None] // 4) * 32 + e[None, :]
@@ -273,7 +287,7 @@ def _group_tile(rows, kt, row_mask, k, qs_ptr, qh_ptr, d_ptr, m_ptr, sc_ptr, mn_
     a_hi = d * tl.load(sc_ptr + rows[:, None] * s_sc + s_at + 1, mask=gm, other=0).to(tl.float32)
     b_lo = dmin * tl.load(mn_ptr + rows[:, None] * s_mn + s_at, mask=gm, other=0).to(tl.float32)
     b_hi = dmin * tl.load(mn_ptr + rows[:, None] * s_mn + s_at + 1, mask=gm, other=0).to(tl.float32)
-    return lo.to(tl.float32), hi.to(tl.float32), a_lo, b_lo, a_hi, b_hi, k_lo, k_hi
+    return _small_int_to_float(lo), _small_int_to_float(hi), a_lo, b_lo, a_hi, b_hi, k_lo, k_hi
 
 
 @jit
