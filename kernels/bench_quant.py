@@ -2,6 +2,7 @@
 cuBLAS on the same weight dense in bf16, for the matrices of Llama-3.2-1B and -3.1-8B in Q4_K_M.
 
     python -m kernels.bench_quant [--iters 15] [--rows 1,2,4,8,16,32] [--json results.json] [--write-configs]
+                                  [--matrices "Q6_K 128256 2048,Q6_K 2048 8192"]
 
 For each (type, N, K) and number of rows M: what `quant_matmul` does where nothing was measured
 ("untuned": the one-row kernel for one row, else dequantize + cuBLAS), the best of a sweep of
@@ -97,6 +98,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--rows", default="1,2,4,8,16,32", help="comma-separated numbers of rows of x (powers of two)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--write-configs", action="store_true", help="record the fastest path per matrix and rows")
+    ap.add_argument("--matrices", default=None, help='only these, comma-separated "type N K" (the sweep is slow)')
     args = ap.parse_args(argv)
     rng = np.random.default_rng(0)
     flush = torch.empty(128 << 20, dtype=torch.uint8, device="cuda")  # > the 50 MB L2 of an H100/H200
@@ -105,7 +107,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(f"{'type':5} {'N':>6} {'K':>5} {'M':>3} {'untuned':>8} {'GB/s':>5} {'best':>8} {'GB/s':>5} "
           f"{'best shape (n, m, split, tile, warps)':38} {'deq+mm':>8} {'dense':>8}")
     rows = [int(r) for r in args.rows.split(",")]
+    only = None if args.matrices is None else {m.strip() for m in args.matrices.split(",")}
     for qtype, n, k in SHAPES_1B + SHAPES_8B:
+        if only is not None and f"{qtype} {n} {k}" not in only:
+            continue
         w = random_weight(qtype, n, k, rng)
         dense = dequantize(w).to(torch.bfloat16)
         for m in rows if (qtype, n, k) in SHAPES_1B else [r for r in rows if r in ROWS_8B]:
