@@ -40,6 +40,7 @@ class PrefixHit:
     loads: list[TierLoad] = field(default_factory=list)
     loading: bool = False
     num_revived: int = 0  # of `blocks`, those free now (cached, unreferenced): taking them uses free blocks
+    table: list[int] | None = None  # `blocks` as a list, where the manager keeps one
 
     @property
     def num_blocks(self) -> int:
@@ -48,6 +49,23 @@ class PrefixHit:
 
     def num_from(self, tier: str) -> int:
         return sum(h.tier == tier for h in self.loads)
+
+
+@dataclass
+class RememberedHit:
+    """The last device hit, kept so that chats arriving together over one document take it again
+    without matching it block by block (`BlockManager._repeat_hit`)."""
+
+    keys: list[int]
+    tokens: np.ndarray  # [blocks, block_size]
+    blocks: np.ndarray
+    table: list[int]  # `blocks` as the list a block table starts with
+    gens: np.ndarray  # the blocks' generations, and pool.num_evictions, when matched
+    num_evictions: int
+    seq_id: int  # the last sequence it was taken for: its first blocks hold `tokens`
+    # pool.num_freed when a sequence last took a reference to every block: while it stands still,
+    # none of them is free (-1: not known)
+    held_at: int = -1
 
 
 class BlockManager:
@@ -67,11 +85,12 @@ class BlockManager:
         self._reads: dict[int, ReadTicket] = {}  # seq_id -> the disk read a waiting sequence waits for
         self.num_queried_tokens = 0
         self.num_hit_tokens = 0
-        self._last_hit: tuple[list[int], np.ndarray, np.ndarray, np.ndarray, int] | None = None
-        # the last full match: its keys, tokens, blocks, their generations and pool.num_evictions then
-        # the last sequence keyed: its tokens, block keys and chain states (see _chain)
-        self._last_chain: tuple[np.ndarray, list[int], np.ndarray] = (
-            np.zeros(0, dtype=np.int64), [], np.zeros(0, dtype=np.uint64))
+        self._last_hit: RememberedHit | None = None
+        # the last sequence keyed: its id, tokens, block keys and chain states (see _chain)
+        self._last_chain: tuple[int, np.ndarray, list[int], np.ndarray] = (
+            -1, np.zeros(0, dtype=np.int64), [], np.zeros(0, dtype=np.uint64))
+        # (seq_id, the sequence keyed before it, how many first blocks of tokens the two share)
+        self._chained_after: tuple[int, int, int] = (-1, -1, 0)
 
     @property
     def num_blocks(self) -> int:
@@ -87,7 +106,7 @@ class BlockManager:
         bs = self.block_size
         full = seq.num_tokens // bs
         if not keys and full:
-            keys[:], seq.hash_state = self._chain(seq.tokens_between(0, full * bs))
+            keys[:], seq.hash_state = self._chain(seq.seq_id, seq.tokens_between(0, full * bs))
         while len(keys) < full:
             i = len(keys)
             state = self.hasher.model_key if seq.hash_state is None else seq.hash_state
@@ -95,11 +114,11 @@ class BlockManager:
             keys.append(key)
         return keys
 
-    def _chain(self, tokens: np.ndarray) -> tuple[list[int], int]:
+    def _chain(self, seq_id: int, tokens: np.ndarray) -> tuple[list[int], int]:
         """A new sequence's keys, reusing those of the blocks it shares with the last sequence
         keyed (chats arriving together over one document hash it once, not once each)."""
         bs = self.block_size
-        last_tokens, last_keys, last_states = self._last_chain
+        last_id, last_tokens, last_keys, last_states = self._last_chain
         common = min(len(tokens), len(last_tokens)) // bs
         m = 0
         if common:
@@ -108,8 +127,9 @@ class BlockManager:
         state = int(last_states[m - 1]) if m else self.hasher.model_key
         rest, states = self.hasher.chain_states(tokens[m * bs:], state)
         keys = last_keys[:m] + rest
-        self._last_chain = (tokens, keys, np.concatenate([last_states[:m], states]))
-        return keys, int(self._last_chain[2][-1]) if keys else self.hasher.model_key
+        self._last_chain = (seq_id, tokens, keys, np.concatenate([last_states[:m], states]))
+        self._chained_after = (seq_id, last_id, m)
+        return keys, int(self._last_chain[3][-1]) if keys else self.hasher.model_key
 
     def find_prefix(self, seq: Sequence) -> PrefixHit:
         """Longest run of cached full blocks that starts the sequence.
@@ -126,14 +146,18 @@ class BlockManager:
         max_blocks = (seq.num_tokens - 1) // self.block_size
         bs = self.block_size
         tokens = seq.tokens_between(0, max_blocks * bs).reshape(max_blocks, bs)
-        blocks = self._repeat_hit(keys, tokens, max_blocks)
-        if blocks is None:
+        last = self._repeat_hit(seq.seq_id, keys, tokens, max_blocks)
+        if last is None:
             blocks = self.pool.match(keys[:max_blocks], tokens)
-            self._last_hit = (keys[:len(blocks)], tokens[:len(blocks)], blocks, self.pool.gen[blocks],
-                              self.pool.num_evictions)
+            last = self._last_hit = RememberedHit(keys[:len(blocks)], tokens[:len(blocks)], blocks, blocks.tolist(),
+                                                  self.pool.gen[blocks], self.pool.num_evictions, seq.seq_id)
+        blocks = last.blocks
         nxt = len(blocks)
         pending = nxt < max_blocks and self._pending[keys[nxt]] > 0
-        revived = int(np.count_nonzero(self.pool.ref_cnt[blocks] == 0)) if nxt else 0
+        if not nxt or last.held_at == self.pool.num_freed:
+            revived = 0
+        else:
+            revived = int(np.count_nonzero(self.pool.ref_cnt[blocks] == 0))
         loads: list[TierLoad] = []
         if self.tiers is not None and nxt < max_blocks and not pending:
             # Each load takes a free block; leave one for the tokens after the hit.
@@ -150,7 +174,7 @@ class BlockManager:
                 loads = found.loads
         if ticket is not None:  # after the lookup: its slots stay pinned until the loads are found
             self.tiers.release(self._reads.pop(seq.seq_id))
-        return PrefixHit(blocks, pending, loads, num_revived=revived)
+        return PrefixHit(blocks, pending, loads, num_revived=revived, table=last.table)
 
     def collect_reads(self) -> None:
         """Take the disk reads finished since the last schedule: their sequences can be admitted."""
@@ -166,23 +190,29 @@ class BlockManager:
         """Wait until a disk read a sequence waits for finishes (or `timeout`); whether one has."""
         return self.num_waiting_for_reads > 0 and self.tiers.wait_for_reads(timeout)
 
-    def _repeat_hit(self, keys: list[int], tokens: np.ndarray, max_blocks: int) -> np.ndarray | None:
+    def _repeat_hit(self, seq_id: int, keys: list[int], tokens: np.ndarray, max_blocks: int) -> RememberedHit | None:
         """The last hit again, when this sequence starts with the same keys and tokens and those
         blocks are still cached as they were (chats arriving together over one document). None
         when it does not apply; then the full match runs."""
-        if self._last_hit is None:
+        last = self._last_hit
+        if last is None:
             return None
-        hit_keys, hit_tokens, blocks, gens, evictions = self._last_hit
-        k = len(hit_keys)
+        k = len(last.keys)
         # Keys chain every block before them, so the last one stands for all; the tokens confirm it.
-        if k == 0 or k > max_blocks or keys[k - 1] != hit_keys[-1] or not (tokens[:k] == hit_tokens).all():
+        if k == 0 or k > max_blocks or keys[k - 1] != last.keys[-1]:
             return None
-        if evictions != self.pool.num_evictions and not (
-                self.pool.is_cached[blocks].all() and np.array_equal(self.pool.gen[blocks], gens)):
+        keyed_after, shares = self._chained_after[1:] if self._chained_after[0] == seq_id else (-1, 0)
+        # Keyed right after the sequence the hit was last taken for, sharing its first k blocks of
+        # tokens, it holds the hit's tokens too; otherwise they are compared.
+        if not (keyed_after == last.seq_id and shares >= k) and not (tokens[:k] == last.tokens).all():
+            return None
+        if last.num_evictions != self.pool.num_evictions and not (
+                self.pool.is_cached[last.blocks].all() and np.array_equal(self.pool.gen[last.blocks], last.gens)):
             return None
         if k < max_blocks and keys[k] in self.pool.cached:  # it may go on further than the last one did
             return None
-        return blocks
+        last.seq_id = seq_id
+        return last
 
     def allocate(self, seq: Sequence, num_new_tokens: int, hit: PrefixHit | None = None) -> list[tuple[int, int]] | None:
         """Give `seq` room for `num_new_tokens` more tokens after its computed ones.
@@ -209,7 +239,9 @@ class BlockManager:
 
         if num_hit:
             pool.touch(hit.blocks, num_free=revived)
-            seq.block_table = hit.blocks.tolist()
+            seq.block_table = list(hit.table) if hit.table is not None else hit.blocks.tolist()
+            if self._last_hit is not None and hit.blocks is self._last_hit.blocks:
+                self._last_hit.held_at = pool.num_freed
             if num_loads:
                 self._load(seq, hit.loads)
             seq.num_computed_tokens = num_computed

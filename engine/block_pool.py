@@ -89,6 +89,9 @@ class BlockPool:
         # Bumped by every eviction: while it stands still, every cached block is still cached as it
         # was (nothing else uncaches a block), so a remembered hit needs no per-block re-check.
         self.num_evictions = 0
+        # Bumped by every block whose last reference goes: while it stands still, every block
+        # referenced at some moment since is referenced still.
+        self.num_freed = 0
         # Called with a cached block's id just before its content is dropped (the KV tiers keep it).
         self.on_evict: Callable[[int], None] | None = None
 
@@ -131,7 +134,9 @@ class BlockPool:
         if bool((self.ref_cnt[arr] <= 0).any()):
             raise RuntimeError(f"double free of KV blocks {arr[self.ref_cnt[arr] <= 0].tolist()}")
         self.ref_cnt[arr] -= 1
-        for b in arr[self.ref_cnt[arr] == 0].tolist():
+        freed = arr[self.ref_cnt[arr] == 0].tolist()
+        self.num_freed += len(freed)
+        for b in freed:
             self.free_queue.append(b)
 
     def match(self, keys: list[int], tokens: np.ndarray) -> np.ndarray:

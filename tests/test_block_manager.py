@@ -813,6 +813,33 @@ def test_chats_arriving_together_reuse_the_last_hit_until_a_block_of_it_is_evict
     assert bm.find_prefix(fourth).blocks.tolist() == table[:3]
 
 
+def test_a_remembered_hit_counts_its_free_blocks_again_once_a_block_is_freed():
+    """The last hit's blocks count as held, without looking, only while no block has been freed
+    since a sequence took them; once its holders are freed, the next chat over the document counts
+    them as free again, and taking them takes them out of the free queue."""
+    bs = 4
+    bm = BlockManager(8, bs)
+    doc = list(range(100, 116))  # four full blocks
+    first = make_seq(0, doc + [1])
+    run_to_end(bm, first, bm.find_prefix(first))
+    second = make_seq(1, doc + [2])
+    hit = bm.find_prefix(second)
+    assert hit.num_revived == 0 and bm.allocate(second, 1, hit) is not None
+    bm.free(first)
+    bm.free(second)
+    third = make_seq(2, doc + [3])
+    hit = bm.find_prefix(third)  # the remembered hit, whose blocks are all free now
+    assert hit.blocks.tolist() == first_blocks(bm, doc) and hit.num_revived == 4
+    assert bm.allocate(third, 1, hit) is not None
+    assert not any(b in bm.pool.free_queue for b in third.block_table)
+    assert bm.pool.num_free == 8 - len(third.block_table)
+
+
+def first_blocks(bm: BlockManager, doc: list[int]) -> list[int]:
+    """The cached blocks holding `doc`, looked up key by key."""
+    return [bm.pool.cached[k] for k in bm.block_keys(make_seq(99, doc + [0]))[:len(doc) // bm.block_size]]
+
+
 def test_the_last_hit_is_taken_again_only_for_the_same_tokens():
     """Under a hash that gives every block one key, a prompt whose keys equal the last hit's but
     whose tokens differ is matched block by block: it gets no block it does not share."""
