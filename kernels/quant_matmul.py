@@ -203,7 +203,8 @@ def _small_int_to_float(q, offset: tl.constexpr = 0):
     the float 2**23 + q + offset has q + offset as its mantissa, so an integer or (an add where an
     offset makes q non-negative), a bitcast and one float subtraction give q. An int-to-float
     conversion runs at a quarter of the FMA rate on NVIDIA GPUs, and dequantization converts
-    every weight (H200: a one-sequence Llama-1B Q4_K_M step's packed matmuls 1,177 -> 1,112 us)."""
+    every weight (H200, one row, same shapes: 5-17% faster on three of Llama-1B Q4_K_M's four
+    largest matrices, unchanged on gate/up: the one-row kernel is bound by more than arithmetic)."""
     if offset == 0:
         bits = q | 0x4B000000
     else:
