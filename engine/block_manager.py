@@ -40,7 +40,7 @@ class PrefixHit:
     loads: list[TierLoad] = field(default_factory=list)
     loading: bool = False
     num_revived: int = 0  # of `blocks`, those free now (cached, unreferenced): taking them uses free blocks
-    table: list[int] | None = None  # `blocks` as a list, where the manager keeps one
+    table: list[int] | None = None  # `blocks` as a list (None where there are none)
 
     @property
     def num_blocks(self) -> int:
@@ -89,8 +89,8 @@ class BlockManager:
         # the last sequence keyed: its id, tokens, block keys and chain states (see _chain)
         self._last_chain: tuple[int, np.ndarray, list[int], np.ndarray] = (
             -1, np.zeros(0, dtype=np.int64), [], np.zeros(0, dtype=np.uint64))
-        # (seq_id, the sequence keyed before it, how many first blocks of tokens the two share)
-        self._chained_after: tuple[int, int, int] = (-1, -1, 0)
+        # of the last sequence keyed: the one keyed before it, and how many first blocks of tokens they share
+        self._chained_after: tuple[int, int] = (-1, 0)
 
     @property
     def num_blocks(self) -> int:
@@ -128,7 +128,7 @@ class BlockManager:
         rest, states = self.hasher.chain_states(tokens[m * bs:], state)
         keys = last_keys[:m] + rest
         self._last_chain = (seq_id, tokens, keys, np.concatenate([last_states[:m], states]))
-        self._chained_after = (seq_id, last_id, m)
+        self._chained_after = (last_id, m)
         return keys, int(self._last_chain[3][-1]) if keys else self.hasher.model_key
 
     def find_prefix(self, seq: Sequence) -> PrefixHit:
@@ -170,7 +170,7 @@ class BlockManager:
                                           read_disk=ticket is None)
                 if found.wait is not None:
                     self._reads[seq.seq_id] = found.wait
-                    return PrefixHit(blocks, False, loading=True)
+                    return PrefixHit(blocks, False, loading=True, table=last.table)
                 loads = found.loads
         if ticket is not None:  # after the lookup: its slots stay pinned until the loads are found
             self.tiers.release(self._reads.pop(seq.seq_id))
@@ -201,7 +201,7 @@ class BlockManager:
         # Keys chain every block before them, so the last one stands for all; the tokens confirm it.
         if k == 0 or k > max_blocks or keys[k - 1] != last.keys[-1]:
             return None
-        keyed_after, shares = self._chained_after[1:] if self._chained_after[0] == seq_id else (-1, 0)
+        keyed_after, shares = self._chained_after if self._last_chain[0] == seq_id else (-1, 0)
         # Keyed right after the sequence the hit was last taken for, sharing its first k blocks of
         # tokens, it holds the hit's tokens too; otherwise they are compared.
         if not (keyed_after == last.seq_id and shares >= k) and not (tokens[:k] == last.tokens).all():
@@ -239,7 +239,7 @@ class BlockManager:
 
         if num_hit:
             pool.touch(hit.blocks, num_free=revived)
-            seq.block_table = list(hit.table) if hit.table is not None else hit.blocks.tolist()
+            seq.block_table = list(hit.table)
             if self._last_hit is not None and hit.blocks is self._last_hit.blocks:
                 self._last_hit.held_at = pool.num_freed
             if num_loads:
