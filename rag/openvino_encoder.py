@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rag.batch_tokenizer import BatchTokenizer
 from rag.checksums import file_sha256
 
 log = logging.getLogger(__name__)
@@ -96,14 +97,9 @@ class OpenVINOEncoder:
         if precision not in _HINTS:
             raise ValueError(f"OpenVINO runs fp32 or bf16 here, not {precision!r}")
         ov = import_openvino()
-        from tokenizers import Tokenizer
-
         self.model_path = model_path
-        self.max_seq_length = int(json.loads(Path(model_path, "sentence_bert_config.json")
-                                             .read_text(encoding="utf-8"))["max_seq_length"])
-        self._tokenizer = Tokenizer.from_file(os.path.join(model_path, "tokenizer.json"))
-        self._tokenizer.enable_truncation(self.max_seq_length)  # what sentence-transformers asks its tokenizer for
-        self._tokenizer.enable_padding(pad_id=self._tokenizer.token_to_id("[PAD]") or 0, pad_token="[PAD]")
+        self.tokenize = BatchTokenizer(model_path)  # (input ids, attention mask) as sentence-transformers makes them
+        self.max_seq_length = self.tokenize.max_length
         self.folder = (cache_dir or cache_root()) / fingerprint(model_path)[:24]
         self.converted = False   # whether this instance had to convert (no usable cache entry)
         core = ov.Core()
@@ -123,12 +119,6 @@ class OpenVINOEncoder:
         ids, mask = self.tokenize(texts)
         hidden = next(iter(self._request.infer({"input_ids": ids, "attention_mask": mask}).values()))
         return _mean_pool(hidden, mask)
-
-    def tokenize(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(input ids, attention mask), int64 [n, longest], as sentence-transformers makes them."""
-        encoded = self._tokenizer.encode_batch(list(texts))
-        return (np.array([e.ids for e in encoded], dtype=np.int64),
-                np.array([e.attention_mask for e in encoded], dtype=np.int64))
 
     # ------------------------------------------------------------------ conversion
 

@@ -6,6 +6,7 @@ import pytest
 
 from conftest import PASSAGE
 from rag import Library
+from rag.batch_tokenizer import BatchTokenizer
 from rag.embedder import CPU_BATCH, GPU_BATCH, Embedder, cpu_has_native_bf16
 from rag.eval.speed import Issue4Embedder
 
@@ -23,6 +24,21 @@ def test_length_sorted_batches_come_back_in_the_order_given(fp32):
     np.testing.assert_allclose(together, alone, atol=1e-5)
     assert together.dtype == np.float32 and together.shape == (len(TEXTS), 384)
     np.testing.assert_allclose(np.linalg.norm(together, axis=1), 1.0, atol=1e-5)
+
+
+def test_the_rust_tokenizer_feeds_the_model_what_sentence_transformers_would():
+    """A text past the model's 256 word pieces, an empty one and non-ASCII ones: the torch path's
+    ids and masks are sentence-transformers' own, and so are its vectors."""
+    texts = ["word " * 400, "", "Ünïcödé — tëxt, ¿sí?", "The spare key is under the flower pot.", "x"]
+    torch_path = Embedder(device="cpu", precision="fp32", backend="torch")
+    model = torch_path.model
+    expected = model.tokenize(texts)
+    ids, mask = BatchTokenizer(torch_path.model_path, model.max_seq_length)(texts)
+    assert ids.shape == (len(texts), 256)
+    np.testing.assert_array_equal(ids, expected["input_ids"].numpy())
+    np.testing.assert_array_equal(mask, expected["attention_mask"].numpy())
+    vectors = model.encode(texts, batch_size=len(texts), convert_to_numpy=True, normalize_embeddings=True)
+    np.testing.assert_allclose(torch_path.embed(texts), vectors, atol=1e-6)
 
 
 def test_progress_counts_each_batch_and_raising_in_it_stops_the_rest(fp32):
