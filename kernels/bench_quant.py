@@ -24,7 +24,6 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from kernels._triton import next_pow2
 from kernels.quant_matmul import (
     GemvConfig, config_file, dense_path, gemv_path, one_row_config, tuned_gemv_configs)
 from kernels.quant import dequantize, from_gguf

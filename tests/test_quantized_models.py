@@ -159,10 +159,10 @@ def test_memory_sizes_and_the_refusal_that_says_what_is_needed():
 def test_a_tight_limit_trades_working_memory_for_context():
     """An 8B-shaped Q4_K_M model (4,782 MiB of weights as measured, bf16 KV of 128 KiB a token)
     under 8 GiB: an 8192-token prefill step and 256 sequences at once (their logits, eager and in
-    the decode graphs' pool) would leave about 7K tokens of KV; the plan halves the step, then the
+    the decode graphs' pool) would leave almost no KV; the plan halves the step, then the
     sequences, until the working memory is at most a quarter of the KV pool, which then holds
-    about 16K tokens (15,984 with the prefill graphs' 256 tokens in the graphs' pool). A roomy
-    limit keeps what was asked."""
+    13,424 tokens (with the prefill graphs' 256 tokens in the graphs' pool, and the allocator
+    slack measured on an H200). A roomy limit keeps what was asked."""
     cfg = ModelConfig(model_type="llama", vocab_size=128256, hidden_size=4096, intermediate_size=14336,
                       num_layers=32, num_heads=32, num_kv_heads=8, head_dim=128, rms_norm_eps=1e-5,
                       rope_theta=5e5, max_position_embeddings=8192)
@@ -173,7 +173,7 @@ def test_a_tight_limit_trades_working_memory_for_context():
     weights = int(4781.6 * 2**20)
     asked = MemoryPlan(8 << 30, weights, activations(8192, 256), per_block, 16)
     plan, step, seqs = fit_working_memory(asked, 8192, 256, activations)
-    assert asked.context_tokens < 8_000 and plan.context_tokens >= 15_900
+    assert asked.context_tokens < 1_000 and plan.context_tokens >= 13_400
     assert (step, seqs) == (MIN_STEP_TOKENS, MIN_SEQS) and plan.activations == activations(step, seqs)
     roomy = MemoryPlan(80 << 30, weights, activations(8192, 256), per_block, 16)
     assert fit_working_memory(roomy, 8192, 256, activations) == (roomy, 8192, 256)
