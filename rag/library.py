@@ -99,6 +99,10 @@ class Library:
         """The whole text and its sections ({start, end, page, title}), to pin it into a prompt."""
         return self._store.text(doc_id)
 
+    def is_empty(self) -> bool:
+        """Whether nothing is indexed yet (not even part of a document being added)."""
+        return self._store.is_empty()
+
     def search(self, query: str, k: int = 5, doc_ids: list[str] | None = None, mode: Mode = "hybrid") -> list[Hit]:
         return search(self._store, self.embedder.embed, query, k, mode, doc_ids)
 

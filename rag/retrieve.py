@@ -105,7 +105,7 @@ def search(store: Store, embed: Callable[[list[str]], np.ndarray], query: str, k
            mode: Mode = "hybrid", doc_ids: list[str] | None = None) -> list[Hit]:
     if mode not in MODES:
         raise ValueError(f"unknown search mode {mode!r}; expected one of {', '.join(MODES)}")
-    if k <= 0 or not query.strip():
+    if k <= 0 or not query.strip() or store.is_empty():
         return []
     n = max(CANDIDATES, 4 * k)
     vector = embed([query])[0] if mode != "keyword" else None

@@ -183,6 +183,11 @@ class Store:
         lead = len(piece) - len(piece.lstrip())
         return a + head + lead, a + head + len(piece.rstrip()), piece.strip()
 
+    def is_empty(self) -> bool:
+        """Whether no chunk has a vector yet: then a search has nothing to find, and the question
+        need not be embedded (which, with no library in use, would load the embedder for nothing)."""
+        return self._vectors.count() == 0
+
     def nearest(self, vector: np.ndarray, n: int, doc_ids: list[str] | None = None) -> list[tuple[int, float]]:
         """(chunk id, cosine similarity), best first."""
         total = self._vectors.count()

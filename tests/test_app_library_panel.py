@@ -136,3 +136,24 @@ def test_the_library_leaves_the_gpu_to_the_engine_while_it_answers(qtbot, make_w
     finally:
         with qtbot.waitSignal(service.closed, timeout=60_000):
             service.close()
+
+
+def test_opening_a_library_loads_the_embedder_only_when_it_holds_documents(qtbot, tmp_path, embedder):
+    """A library with documents loads the embedding model when it opens, not on the first question
+    (which on a first launch would convert it while the answer computes); an empty one leaves it
+    unloaded, since no question is embedded until something is indexed."""
+    from app.gui.library_service import LibraryService
+    from rag import Library
+    from rag.embedder import Embedder
+    notes = tmp_path / "notes.txt"
+    notes.write_text(PASSAGE, encoding="utf-8")
+    with Library(tmp_path / "used", embedder=embedder) as lib:
+        lib.add([notes])
+    for folder, loads in ((tmp_path / "empty", False), (tmp_path / "used", True)):
+        fresh = Embedder()  # nothing loaded yet
+        service = LibraryService(folder, fresh)
+        qtbot.waitUntil(lambda: service.listed, timeout=120_000)
+        with qtbot.waitSignal(service.closed, timeout=120_000):
+            service.close()  # after the query worker's open, warm-up included
+        assert service.error is None
+        assert bool(fresh._models) == loads, folder.name

@@ -273,3 +273,28 @@ def test_a_file_changed_into_a_copy_of_another_drops_its_old_version(library, tm
     assert result.status == "duplicate" and "a.txt" in result.error
     assert [d.source for d in library.documents()] == [a]  # b's banana text is no longer citable
     check_consistent(library)
+
+
+def test_an_empty_library_answers_a_search_without_embedding_the_question(tmp_path, embedder):
+    """With no document the question is not embedded (on a first launch that would load and
+    convert the embedder while the answer computes); once one is indexed, it is, and is found."""
+    asked = []
+
+    class Counting:  # the shared embedder, counting what is embedded
+        def __getattr__(self, name):
+            return getattr(embedder, name)
+
+        def embed(self, texts, progress=None):
+            asked.append(list(texts))
+            return embedder.embed(texts, progress)
+
+    with Library(tmp_path / "library", embedder=Counting()) as lib:
+        assert lib.is_empty()
+        for mode in ("hybrid", "dense", "keyword", "rrf"):
+            assert lib.search("where is the spare key?", mode=mode) == []
+        assert asked == []
+        lib.add([write(tmp_path / "notes.txt", "The spare key for the shed hangs under the eaves.")])
+        assert not lib.is_empty()
+        asked.clear()
+        assert "eaves" in lib.search("where is the spare key?", k=1)[0].text
+        assert asked == [["where is the spare key?"]]

@@ -192,7 +192,12 @@ class LibraryService(QObject):
         self._ready.set()
         self._background.call_soon(self._documents_listed, self.library.documents())
         try:
-            self.library.embedder.count_tokens("warm up")  # loads MiniLM now, not on the first question
+            self.library.embedder.count_tokens("warm up")  # the tokenizer: every prompt counts its tokens
+            if not self.library.is_empty():
+                # the model too, now rather than on the first question: on the first launch that
+                # is a conversion that takes the CPU for seconds, which an answer would share.
+                # An empty library loads it when the first document is indexed instead.
+                self.library.embedder.model  # noqa: B018
         except Exception:
             log.exception("loading the embedding model failed")
 
