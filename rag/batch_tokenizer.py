@@ -4,7 +4,7 @@ What sentence-transformers' own `tokenize` makes (the model folder's tokenizer.j
 its max_seq_length with [CLS] and [SEP] counted, padded to the batch's longest), from one
 `encode_batch` call of the `tokenizers` library. sentence-transformers 6's `tokenize` went through
 a Python layer that held a GPU's indexing to its speed: on an H200 it tokenized 2,659 chunks/s
-while the fp16 model ran 31,207 (`rag/eval/speed.py`, BENCHMARKS.md issue 14).
+while the fp16 model ran 31,207 (BENCHMARKS.md, issue 14, Indexing speed).
 """
 from __future__ import annotations
 
